@@ -1,0 +1,729 @@
+//! Configuration: TOML text (plus `CERTGATE_<SECTION>__<KEY>` environment
+//! overrides) → raw serde structs → one validation pass that reports every
+//! problem at once → typed [`Config`]. Files named by the config are resolved
+//! against the config file's directory here but read by `state`, so that a
+//! reload re-reads them all together.
+
+mod raw;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::policy::{AuthzDefault, Glob, RoleRule, Route};
+use raw::RawConfig;
+
+/// Where the configuration is read from when `-c` is not given.
+pub const DEFAULT_PATH: &str = "/etc/certgate/certgate.toml";
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// The config file itself (absolute), watched for changes like every file it names.
+    pub path: PathBuf,
+    pub listener: ListenerConfig,
+    pub server_tls: ServerTlsConfig,
+    pub client_auth: ClientAuthConfig,
+    pub upstream: UpstreamConfig,
+    pub identity: IdentityConfig,
+    pub roles: RolesConfig,
+    pub authorization: AuthorizationConfig,
+    pub admin: AdminConfig,
+    pub reload: ReloadConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListenerConfig {
+    pub address: SocketAddr,
+    pub handshake_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub header_timeout: Duration,
+    pub max_connections: usize,
+    pub max_header_bytes: usize,
+    pub min_tls_version: TlsVersion,
+    pub shutdown_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsVersion {
+    V1_2,
+    V1_3,
+}
+
+/// Where a server certificate and its key come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CertSource {
+    Pem { cert: PathBuf, key: PathBuf },
+    Pkcs12 { file: PathBuf, password_file: PathBuf },
+}
+
+impl CertSource {
+    pub fn files(&self) -> Vec<PathBuf> {
+        match self {
+            CertSource::Pem { cert, key } => vec![cert.clone(), key.clone()],
+            CertSource::Pkcs12 {
+                file,
+                password_file,
+            } => vec![file.clone(), password_file.clone()],
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SniCert {
+    /// Lowercase DNS name, or `*.suffix` for a one-label wildcard.
+    pub server_name: String,
+    pub source: CertSource,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerTlsConfig {
+    pub default: CertSource,
+    pub sni: Vec<SniCert>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Toggle {
+    Allow,
+    Deny,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CrlScope {
+    Chain,
+    EndEntity,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientAuthConfig {
+    /// PEM files, directories of PEM files, or PKCS#12 trust stores.
+    pub trusted_cas: Vec<PathBuf>,
+    /// Password for PKCS#12 trust stores in `trusted_cas` (many have none).
+    pub trusted_cas_password_file: Option<PathBuf>,
+    pub crls: Vec<PathBuf>,
+    pub unknown_revocation: Toggle,
+    pub crl_scope: CrlScope,
+    pub expired_crl: Toggle,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamConfig {
+    pub url: http::Uri,
+    pub connect_timeout: Duration,
+    pub timeout: Duration,
+    pub ca: Option<PathBuf>,
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
+}
+
+impl UpstreamConfig {
+    pub fn is_https(&self) -> bool {
+        self.url.scheme() == Some(&http::uri::Scheme::HTTPS)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct IdentityConfig {
+    pub forward_cert: bool,
+    pub xfcc: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RolesConfig {
+    pub default: Vec<String>,
+    pub audit: Vec<String>,
+    pub map: Vec<RoleRule>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuthorizationConfig {
+    pub default: AuthzDefault,
+    pub rules: Vec<Route>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminConfig {
+    /// `None` when the operator disabled the admin listener with `address = ""`.
+    pub address: Option<SocketAddr>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReloadConfig {
+    pub watch: bool,
+    pub debounce: Duration,
+    pub poll_interval: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogConfig {
+    pub level: String,
+    pub format: LogFormat,
+    pub access_log: bool,
+}
+
+/// One thing wrong with the configuration: where, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// A config key (`listener.address`) or a file path.
+    pub at: String,
+    pub reason: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.at, self.reason)
+    }
+}
+
+/// Every problem found in one pass, so an operator fixes them all in one go.
+#[derive(Debug, thiserror::Error)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub problems: Vec<Problem>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid configuration {}:", self.file.display())?;
+        for p in &self.problems {
+            write!(f, "\n  - {p}")?;
+        }
+        Ok(())
+    }
+}
+
+impl ConfigError {
+    pub fn single(file: &Path, at: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self {
+            file: file.to_path_buf(),
+            problems: vec![Problem {
+                at: at.into(),
+                reason: reason.into(),
+            }],
+        }
+    }
+}
+
+/// The config path to use: `-c`, else `$CERTGATE_CONFIG`, else [`DEFAULT_PATH`].
+pub fn resolve_path(flag: Option<&Path>) -> PathBuf {
+    if let Some(p) = flag {
+        return p.to_path_buf();
+    }
+    match std::env::var_os("CERTGATE_CONFIG") {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        _ => PathBuf::from(DEFAULT_PATH),
+    }
+}
+
+impl Config {
+    /// Reads and validates the config file, applying environment overrides
+    /// from the process environment.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] listing every problem: unreadable file, TOML syntax,
+    /// unknown keys, bad values.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigError::single(path, path.display().to_string(), format!("cannot read: {e}"))
+        })?;
+        Self::from_toml(path, &text, std::env::vars())
+    }
+
+    /// Parses `text` as if read from `path`, with `env` as the environment.
+    ///
+    /// # Errors
+    /// As [`Config::load`].
+    pub fn from_toml(
+        path: &Path,
+        text: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let path = absolute(path);
+        let raw = parse_with_overrides(&path, text, env)?;
+        validate(&path, raw)
+    }
+
+    /// Every file this configuration names, config file first: what reload watches.
+    pub fn files(&self) -> Vec<PathBuf> {
+        let mut files = vec![self.path.clone()];
+        files.extend(self.server_tls.default.files());
+        for sni in &self.server_tls.sni {
+            files.extend(sni.source.files());
+        }
+        files.extend(self.client_auth.trusted_cas.iter().cloned());
+        files.extend(self.client_auth.trusted_cas_password_file.iter().cloned());
+        files.extend(self.client_auth.crls.iter().cloned());
+        let u = &self.upstream;
+        files.extend([&u.ca, &u.client_cert, &u.client_key].into_iter().flatten().cloned());
+        files
+    }
+}
+
+fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
+/// Applies `CERTGATE_<SECTION>__<KEY>=value` overrides onto the parsed
+/// document. A value is read as a TOML value when it parses as one
+/// (`true`, `10000`, `["a", "b"]`), else as a plain string.
+fn parse_with_overrides(
+    path: &Path,
+    text: &str,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<RawConfig, ConfigError> {
+    let overrides: Vec<(String, String, String)> = env
+        .into_iter()
+        .filter_map(|(k, v)| {
+            let rest = k.strip_prefix("CERTGATE_")?;
+            let (section, key) = rest.split_once("__")?;
+            Some((section.to_ascii_lowercase(), key.to_ascii_lowercase(), v))
+        })
+        .collect();
+    let syntax = |e: toml::de::Error| ConfigError::single(path, "toml", e.to_string());
+    if overrides.is_empty() {
+        // Parse the original text so errors carry the operator's line numbers.
+        return toml::from_str(text).map_err(syntax);
+    }
+    let mut doc: toml::Table = toml::from_str(text).map_err(syntax)?;
+    for (section, key, value) in overrides {
+        let at = format!("CERTGATE_{}__{}", section.to_uppercase(), key.to_uppercase());
+        let table = doc
+            .entry(section.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        let Some(table) = table.as_table_mut() else {
+            return Err(ConfigError::single(path, at, format!("`{section}` is not a table")));
+        };
+        table.insert(key, env_value(&value));
+    }
+    let merged = toml::to_string(&doc).map_err(|e| ConfigError::single(path, "env", e.to_string()))?;
+    toml::from_str(&merged).map_err(|e| {
+        ConfigError::single(path, "toml (after environment overrides)", e.to_string())
+    })
+}
+
+fn env_value(value: &str) -> toml::Value {
+    let probe = format!("v = {value}");
+    match toml::from_str::<toml::Table>(&probe) {
+        Ok(mut t) => t.remove("v").unwrap_or_else(|| toml::Value::String(value.to_owned())),
+        Err(_) => toml::Value::String(value.to_owned()),
+    }
+}
+
+/// Parses `"250ms"`, `"10s"`, `"2m"`, `"1h"`; a bare number is rejected so
+/// that units are never guessed.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration like \"250ms\", \"10s\" or \"2m\""))?;
+    let d = match unit {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n.saturating_mul(60)),
+        "h" => Duration::from_secs(n.saturating_mul(3600)),
+        _ => {
+            return Err(format!(
+                "`{s}` needs a unit: ms, s, m or h (like \"250ms\", \"10s\", \"2m\")"
+            ))
+        }
+    };
+    Ok(d)
+}
+
+/// Collects problems while building the typed config.
+struct Validator<'a> {
+    dir: &'a Path,
+    problems: Vec<Problem>,
+}
+
+impl Validator<'_> {
+    fn problem(&mut self, at: impl Into<String>, reason: impl Into<String>) {
+        self.problems.push(Problem {
+            at: at.into(),
+            reason: reason.into(),
+        });
+    }
+
+    fn duration(&mut self, at: &str, value: &str) -> Duration {
+        match parse_duration(value) {
+            Ok(d) if d.is_zero() => {
+                self.problem(at, "must be greater than zero");
+                Duration::from_secs(1)
+            }
+            Ok(d) => d,
+            Err(e) => {
+                self.problem(at, e);
+                Duration::from_secs(1)
+            }
+        }
+    }
+
+    fn addr(&mut self, at: &str, value: &str) -> SocketAddr {
+        value.parse().unwrap_or_else(|_| {
+            self.problem(at, format!("`{value}` is not an IP:port address like \"0.0.0.0:8443\""));
+            SocketAddr::from(([127, 0, 0, 1], 0))
+        })
+    }
+
+    fn positive(&mut self, at: &str, value: i64, max: i64) -> usize {
+        if value <= 0 || value > max {
+            self.problem(at, format!("must be between 1 and {max}, got {value}"));
+            return 1;
+        }
+        value as usize
+    }
+
+    fn path(&mut self, at: &str, value: &str) -> PathBuf {
+        if value.trim().is_empty() {
+            self.problem(at, "must not be empty");
+        }
+        self.dir.join(value)
+    }
+
+    fn toggle(&mut self, at: &str, value: &str) -> Toggle {
+        match value {
+            "allow" => Toggle::Allow,
+            "deny" => Toggle::Deny,
+            other => {
+                self.problem(at, format!("must be \"allow\" or \"deny\", got \"{other}\""));
+                Toggle::Deny
+            }
+        }
+    }
+
+    fn cert_source(
+        &mut self,
+        at: &str,
+        cert: Option<String>,
+        key: Option<String>,
+        pkcs12: Option<String>,
+        password_file: Option<String>,
+    ) -> CertSource {
+        match (cert, key, pkcs12, password_file) {
+            (Some(c), Some(k), None, None) => CertSource::Pem {
+                cert: self.path(&format!("{at}.cert"), &c),
+                key: self.path(&format!("{at}.key"), &k),
+            },
+            (None, None, Some(p), Some(pw)) => CertSource::Pkcs12 {
+                file: self.path(&format!("{at}.pkcs12"), &p),
+                password_file: self.path(&format!("{at}.pkcs12_password_file"), &pw),
+            },
+            (None, None, Some(_), None) => {
+                self.problem(
+                    at,
+                    "pkcs12 needs pkcs12_password_file (passwords are read from files, never from the config or command line)",
+                );
+                CertSource::Pem {
+                    cert: PathBuf::new(),
+                    key: PathBuf::new(),
+                }
+            }
+            _ => {
+                self.problem(
+                    at,
+                    "give either cert and key, or pkcs12 and pkcs12_password_file",
+                );
+                CertSource::Pem {
+                    cert: PathBuf::new(),
+                    key: PathBuf::new(),
+                }
+            }
+        }
+    }
+}
+
+fn validate(path: &Path, raw: RawConfig) -> Result<Config, ConfigError> {
+    let dir = path.parent().unwrap_or(Path::new("/"));
+    let mut v = Validator {
+        dir,
+        problems: Vec::new(),
+    };
+
+    let l = raw.listener;
+    let listener = ListenerConfig {
+        address: v.addr("listener.address", &l.address),
+        handshake_timeout: v.duration("listener.handshake_timeout", &l.handshake_timeout),
+        idle_timeout: v.duration("listener.idle_timeout", &l.idle_timeout),
+        header_timeout: v.duration("listener.header_timeout", &l.header_timeout),
+        max_connections: v.positive("listener.max_connections", l.max_connections, 1_000_000),
+        max_header_bytes: v.positive("listener.max_header_bytes", l.max_header_bytes, 1 << 20),
+        min_tls_version: match l.min_tls_version.as_str() {
+            "1.2" => TlsVersion::V1_2,
+            "1.3" => TlsVersion::V1_3,
+            other => {
+                v.problem(
+                    "listener.min_tls_version",
+                    format!("must be \"1.2\" or \"1.3\", got \"{other}\""),
+                );
+                TlsVersion::V1_3
+            }
+        },
+        shutdown_timeout: v.duration("listener.shutdown_timeout", &l.shutdown_timeout),
+    };
+
+    let t = raw.server_tls;
+    let default = v.cert_source("server_tls", t.cert, t.key, t.pkcs12, t.pkcs12_password_file);
+    let mut sni = Vec::new();
+    for (i, s) in t.sni.into_iter().enumerate() {
+        let at = format!("server_tls.sni[{i}]");
+        let name = s.server_name.trim().to_ascii_lowercase();
+        if !valid_sni_pattern(&name) {
+            v.problem(
+                format!("{at}.server_name"),
+                format!("`{}` is not a DNS name or `*.` wildcard", s.server_name),
+            );
+        }
+        if sni.iter().any(|e: &SniCert| e.server_name == name) {
+            v.problem(format!("{at}.server_name"), format!("`{name}` is listed twice"));
+        }
+        let source = v.cert_source(&at, s.cert, s.key, s.pkcs12, s.pkcs12_password_file);
+        sni.push(SniCert {
+            server_name: name,
+            source,
+        });
+    }
+
+    let c = raw.client_auth;
+    if c.trusted_cas.is_empty() {
+        v.problem(
+            "client_auth.trusted_cas",
+            "at least one CA file or directory is required: client certificates are always verified",
+        );
+    }
+    let client_auth = ClientAuthConfig {
+        trusted_cas: c
+            .trusted_cas
+            .iter()
+            .map(|p| v.path("client_auth.trusted_cas", p))
+            .collect(),
+        trusted_cas_password_file: c
+            .trusted_cas_password_file
+            .map(|p| v.path("client_auth.trusted_cas_password_file", &p)),
+        crls: c.crls.iter().map(|p| v.path("client_auth.crls", p)).collect(),
+        unknown_revocation: v.toggle("client_auth.unknown_revocation", &c.unknown_revocation),
+        crl_scope: match c.crl_scope.as_str() {
+            "chain" => CrlScope::Chain,
+            "end_entity" => CrlScope::EndEntity,
+            other => {
+                v.problem(
+                    "client_auth.crl_scope",
+                    format!("must be \"chain\" or \"end_entity\", got \"{other}\""),
+                );
+                CrlScope::Chain
+            }
+        },
+        expired_crl: v.toggle("client_auth.expired_crl", &c.expired_crl),
+    };
+
+    let u = raw.upstream;
+    let url = match u.url.parse::<http::Uri>() {
+        Ok(url) => {
+            let scheme_ok = matches!(url.scheme_str(), Some("http") | Some("https"));
+            let path_ok = matches!(url.path(), "" | "/") && url.query().is_none();
+            if !scheme_ok || url.authority().is_none() {
+                v.problem("upstream.url", format!("`{}` must be http://host[:port] or https://host[:port]", u.url));
+            } else if !path_ok {
+                v.problem(
+                    "upstream.url",
+                    format!("`{}` must not have a path or query: requests keep their own path", u.url),
+                );
+            }
+            url
+        }
+        Err(e) => {
+            v.problem("upstream.url", format!("`{}`: {e}", u.url));
+            http::Uri::from_static("http://127.0.0.1")
+        }
+    };
+    let upstream = UpstreamConfig {
+        connect_timeout: v.duration("upstream.connect_timeout", &u.connect_timeout),
+        timeout: v.duration("upstream.timeout", &u.timeout),
+        ca: u.ca.map(|p| v.path("upstream.ca", &p)),
+        client_cert: u.client_cert.map(|p| v.path("upstream.client_cert", &p)),
+        client_key: u.client_key.map(|p| v.path("upstream.client_key", &p)),
+        url,
+    };
+    if upstream.client_cert.is_some() != upstream.client_key.is_some() {
+        v.problem("upstream", "client_cert and client_key go together");
+    }
+    let tls_only = upstream.ca.is_some() || upstream.client_cert.is_some();
+    if tls_only && !upstream.is_https() {
+        v.problem("upstream", "ca, client_cert and client_key need an https:// url");
+    }
+
+    let identity = IdentityConfig {
+        forward_cert: raw.identity.forward_cert,
+        xfcc: raw.identity.xfcc,
+    };
+
+    let r = raw.roles;
+    for (i, role) in r.default.iter().chain(&r.audit).enumerate() {
+        if !valid_role(role) {
+            v.problem("roles", format!("role #{i} `{role}` must be 1-128 visible ASCII characters without commas"));
+        }
+    }
+    let mut map = Vec::new();
+    for (i, rule) in r.map.into_iter().enumerate() {
+        match RoleRule::from_raw(rule) {
+            Ok(rule) => map.push(rule),
+            Err(e) => v.problem(format!("roles.map[{i}]"), e),
+        }
+    }
+    let roles = RolesConfig {
+        default: r.default,
+        audit: r.audit,
+        map,
+    };
+
+    let a = raw.authorization;
+    let default_policy = match a.default.as_str() {
+        "deny" => AuthzDefault::Deny,
+        "authenticated" => AuthzDefault::Authenticated,
+        other => {
+            v.problem(
+                "authorization.default",
+                format!("must be \"deny\" or \"authenticated\", got \"{other}\""),
+            );
+            AuthzDefault::Deny
+        }
+    };
+    let mut rules = Vec::new();
+    for (i, route) in a.rule.into_iter().enumerate() {
+        match Route::new(&route.path, route.methods, route.roles) {
+            Ok(r) => rules.push(r),
+            Err(e) => v.problem(format!("authorization.rule[{i}]"), e),
+        }
+    }
+    let authorization = AuthorizationConfig {
+        default: default_policy,
+        rules,
+    };
+
+    let admin = AdminConfig {
+        address: if raw.admin.address.trim().is_empty() {
+            None
+        } else {
+            Some(v.addr("admin.address", &raw.admin.address))
+        },
+    };
+    let reload = ReloadConfig {
+        watch: raw.reload.watch,
+        debounce: v.duration("reload.debounce", &raw.reload.debounce),
+        poll_interval: v.duration("reload.poll_interval", &raw.reload.poll_interval),
+    };
+    let log = LogConfig {
+        level: raw.log.level.clone(),
+        format: match raw.log.format.as_str() {
+            "json" => LogFormat::Json,
+            "text" => LogFormat::Text,
+            other => {
+                v.problem("log.format", format!("must be \"json\" or \"text\", got \"{other}\""));
+                LogFormat::Json
+            }
+        },
+        access_log: raw.log.access_log,
+    };
+    if tracing_subscriber::EnvFilter::try_new(&log.level).is_err() {
+        v.problem("log.level", format!("`{}` is not a log level or filter", log.level));
+    }
+
+    if !v.problems.is_empty() {
+        return Err(ConfigError {
+            file: path.to_path_buf(),
+            problems: v.problems,
+        });
+    }
+    Ok(Config {
+        path: path.to_path_buf(),
+        listener,
+        server_tls: ServerTlsConfig { default, sni },
+        client_auth,
+        upstream,
+        identity,
+        roles,
+        authorization,
+        admin,
+        reload,
+        log,
+    })
+}
+
+fn valid_sni_pattern(name: &str) -> bool {
+    let host = name.strip_prefix("*.").unwrap_or(name);
+    !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+}
+
+/// Roles travel in a comma-separated header, so they must be plain tokens.
+pub fn valid_role(role: &str) -> bool {
+    !role.is_empty()
+        && role.len() <= 128
+        && role.bytes().all(|b| b.is_ascii_graphic() && b != b',')
+}
+
+/// Role rule matchers compile patterns here so `policy` stays free of serde.
+impl RoleRule {
+    fn from_raw(raw: raw::RawRoleRule) -> Result<RoleRule, String> {
+        if raw.roles.is_empty() {
+            return Err("roles must name at least one role".into());
+        }
+        if let Some(bad) = raw.roles.iter().find(|r| !valid_role(r)) {
+            return Err(format!(
+                "role `{bad}` must be 1-128 visible ASCII characters without commas"
+            ));
+        }
+        let hexes = |v: Option<raw::OneOrMany>| {
+            v.map(|v| {
+                v.into_vec()
+                    .into_iter()
+                    .map(|s| s.replace(':', "").to_ascii_lowercase())
+                    .collect::<Vec<_>>()
+            })
+        };
+        let globs = |v: Option<raw::OneOrMany>, ci: bool| -> Option<Vec<Glob>> {
+            v.map(|v| v.into_vec().iter().map(|p| Glob::new(p, ci)).collect())
+        };
+        let rule = RoleRule {
+            roles: raw.roles,
+            cn: globs(raw.cn, false),
+            ou: globs(raw.ou, false),
+            o: globs(raw.o, false),
+            subject: globs(raw.subject, false),
+            issuer_cn: globs(raw.issuer_cn, false),
+            dns: globs(raw.dns, true),
+            uri: globs(raw.uri, false),
+            email: globs(raw.email, true),
+            spiffe_id: globs(raw.spiffe_id, false),
+            fingerprint_sha256: hexes(raw.fingerprint_sha256)
+                .map(|v| v.iter().map(|p| Glob::new(p, true)).collect()),
+            serial: hexes(raw.serial).map(|v| {
+                v.iter()
+                    .map(|p| Glob::new(p.trim_start_matches('0'), true))
+                    .collect()
+            }),
+        };
+        if !rule.has_matchers() {
+            return Err(
+                "a rule needs at least one matcher (cn, ou, o, subject, issuer_cn, dns, uri, email, spiffe_id, fingerprint_sha256, serial); use roles.default for roles every client gets".into(),
+            );
+        }
+        Ok(rule)
+    }
+}
+
+#[cfg(test)]
+mod tests;

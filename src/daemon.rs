@@ -1,0 +1,156 @@
+//! `certgate run`: load, bind, serve, reload, drain. Configuration errors
+//! exit 2 before anything is bound; runtime failures exit 1.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::mpsc;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::gateway::Gateway;
+use crate::metrics::Metrics;
+use crate::state::State;
+use crate::{admin, logging, proxy, reload, systemd, tls};
+
+pub const EXIT_RUNTIME: u8 = 1;
+pub const EXIT_CONFIG: u8 = 2;
+
+/// Runs the daemon with the config at `path` until SIGTERM/SIGINT.
+pub fn run(path: &Path) -> ExitCode {
+    let config = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("certgate: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    logging::init(&config.log);
+    tls::install_provider();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("certgate: cannot start the async runtime: {e}");
+            return ExitCode::from(EXIT_RUNTIME);
+        }
+    };
+    let code = runtime.block_on(serve(config, None));
+    // Connections that outlived the drain are abandoned, not awaited.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(100));
+    ExitCode::from(code)
+}
+
+/// The daemon body; `ready` (for `demo`) is told the bound mTLS address.
+pub async fn serve(config: Config, ready: Option<tokio::sync::oneshot::Sender<SocketAddr>>) -> u8 {
+    let config_path = config.path.clone();
+    let state = match State::build(Arc::new(config), 1) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot load the files the configuration names");
+            eprintln!("certgate: {e}");
+            return EXIT_CONFIG;
+        }
+    };
+    let cfg = state.config.clone();
+
+    let (listener, admin_listener) = match bind(&cfg).await {
+        Ok(l) => l,
+        Err(msg) => {
+            tracing::error!(error = %msg, "cannot bind");
+            eprintln!("certgate: {msg}");
+            return EXIT_RUNTIME;
+        }
+    };
+    let bound = listener.local_addr().ok();
+    let gw = Gateway::new(state, Metrics::new());
+
+    let (hup_tx, hup_rx) = mpsc::channel(1);
+    let (mut sighup, mut sigterm, mut sigint) = match (
+        signal(SignalKind::hangup()),
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(h), Ok(t), Ok(i)) => (h, t, i),
+        _ => {
+            eprintln!("certgate: cannot install signal handlers");
+            return EXIT_RUNTIME;
+        }
+    };
+    tokio::spawn(async move {
+        while sighup.recv().await.is_some() {
+            let _ = hup_tx.try_send(());
+        }
+    });
+    tokio::spawn(reload::run(gw.clone(), config_path, hup_rx));
+    if let Some(admin_listener) = admin_listener {
+        tracing::info!(address = %admin_listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "admin listener ready");
+        tokio::spawn(admin::serve(admin_listener, gw.clone()));
+    }
+    let tracker = TaskTracker::new();
+    let accept_loop = tokio::spawn(proxy::serve(listener, gw.clone(), tracker.clone()));
+
+    tracing::info!(
+        address = %bound.map(|a| a.to_string()).unwrap_or_default(),
+        upstream = %cfg.upstream.url,
+        status = %systemd::status_line(&gw.state()),
+        "certgate listening"
+    );
+    systemd::ready(&gw.state());
+    systemd::spawn_watchdog(gw.clone());
+    if let (Some(tx), Some(addr)) = (ready, bound) {
+        let _ = tx.send(addr);
+    }
+
+    tokio::select! {
+        _ = sigterm.recv() => tracing::info!(signal = "SIGTERM", "draining"),
+        _ = sigint.recv() => tracing::info!(signal = "SIGINT", "draining"),
+    }
+    drain(&gw, tracker, accept_loop).await
+}
+
+async fn drain(gw: &Gateway, tracker: TaskTracker, accept_loop: tokio::task::JoinHandle<()>) -> u8 {
+    systemd::stopping();
+    gw.start_draining();
+    let _ = accept_loop.await;
+    tracker.close();
+    let timeout = gw.state().config.listener.shutdown_timeout;
+    match tokio::time::timeout(timeout, tracker.wait()).await {
+        Ok(()) => {
+            tracing::info!("drained; exiting");
+            0
+        }
+        Err(_) => {
+            let open = gw.metrics.connections_active.get();
+            tracing::error!(open_connections = open, ?timeout, "connections still open after listener.shutdown_timeout; closing them");
+            EXIT_RUNTIME
+        }
+    }
+}
+
+/// The mTLS and admin listeners: from systemd socket activation when
+/// `LISTEN_FDS` is set, else bound to the configured addresses.
+async fn bind(cfg: &Config) -> Result<(TcpListener, Option<TcpListener>), String> {
+    let activated = systemd::activated_listeners()
+        .map_err(|e| format!("cannot use sockets passed by systemd: {e}"))?;
+    let mut activated = activated.into_iter();
+    let listener = match activated.next() {
+        Some(l) => TcpListener::from_std(l).map_err(|e| format!("socket from systemd: {e}"))?,
+        None => bind_addr(cfg.listener.address, "listener.address").await?,
+    };
+    let admin = match (activated.next(), cfg.admin.address) {
+        (Some(l), _) => Some(TcpListener::from_std(l).map_err(|e| format!("admin socket from systemd: {e}"))?),
+        (None, Some(addr)) => Some(bind_addr(addr, "admin.address").await?),
+        (None, None) => None,
+    };
+    Ok((listener, admin))
+}
+
+async fn bind_addr(addr: SocketAddr, key: &str) -> Result<TcpListener, String> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("cannot listen on {addr} ({key}): {e}"))
+}

@@ -1,0 +1,96 @@
+//! The running gateway's shared handle: the current [`State`] behind an
+//! `ArcSwap` (the reload task is its only writer), the metrics, the drain
+//! signal, and reload bookkeeping for `/status`.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+use http::HeaderValue;
+use tokio::sync::watch;
+
+use crate::metrics::Metrics;
+use crate::state::State;
+
+/// What `/status` reports about reloads.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ReloadStatus {
+    pub last_attempt_unix: Option<i64>,
+    pub last_success_unix: Option<i64>,
+    pub last_error: Option<String>,
+}
+
+pub struct Gateway {
+    state: ArcSwap<State>,
+    pub metrics: Arc<Metrics>,
+    draining: watch::Sender<bool>,
+    request_id_prefix: u64,
+    request_counter: AtomicU64,
+    reload_status: Mutex<ReloadStatus>,
+}
+
+impl Gateway {
+    pub fn new(state: State, metrics: Arc<Metrics>) -> Arc<Gateway> {
+        metrics.state_installed(&state);
+        let mut prefix = [0u8; 8];
+        // A random per-process prefix keeps request ids unique across restarts.
+        let _ = aws_lc_rs::rand::fill(&mut prefix);
+        Arc::new(Gateway {
+            reload_status: Mutex::new(ReloadStatus {
+                last_success_unix: Some(state.loaded_at_unix),
+                ..ReloadStatus::default()
+            }),
+            state: ArcSwap::from_pointee(state),
+            metrics,
+            draining: watch::channel(false).0,
+            request_id_prefix: u64::from_be_bytes(prefix),
+            request_counter: AtomicU64::new(0),
+        })
+    }
+
+    /// The state now serving. Connections and requests each take their own
+    /// snapshot; a reload never changes a snapshot that is in use.
+    pub fn state(&self) -> Arc<State> {
+        self.state.load_full()
+    }
+
+    /// Publishes a new state (reload task only).
+    pub fn install(&self, state: State) {
+        self.metrics.state_installed(&state);
+        let mut status = self.reload_status.lock().expect("status lock poisoned");
+        status.last_attempt_unix = Some(state.loaded_at_unix);
+        status.last_success_unix = Some(state.loaded_at_unix);
+        status.last_error = None;
+        self.state.store(Arc::new(state));
+    }
+
+    pub fn record_reload_failure(&self, error: String, at_unix: i64) {
+        let mut status = self.reload_status.lock().expect("status lock poisoned");
+        status.last_attempt_unix = Some(at_unix);
+        status.last_error = Some(error);
+    }
+
+    pub fn reload_status(&self) -> ReloadStatus {
+        self.reload_status.lock().expect("status lock poisoned").clone()
+    }
+
+    pub fn start_draining(&self) {
+        self.draining.send_replace(true);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        *self.draining.borrow()
+    }
+
+    /// Completes once draining has started.
+    pub async fn drained(&self) {
+        let mut rx = self.draining.subscribe();
+        let _ = rx.wait_for(|d| *d).await.map(|_| ());
+    }
+
+    pub fn next_request_id(&self) -> HeaderValue {
+        let n = self.request_counter.fetch_add(1, Ordering::Relaxed);
+        let id = format!("{:016x}{:016x}", self.request_id_prefix, n);
+        HeaderValue::from_str(&id).expect("hex is a valid header value")
+    }
+}

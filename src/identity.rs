@@ -1,0 +1,332 @@
+//! The verified client leaf certificate, read once per connection into the
+//! fields that role rules match and identity headers carry. Parsing only:
+//! the chain was already verified by rustls before this runs.
+//!
+//! Every string here is header-safe: visible ASCII and spaces, with any other
+//! byte written as `\XX` (hex), so no certificate can inject a header line.
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+use x509_parser::prelude::*;
+
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    #[error("certificate is not valid DER X.509: {0}")]
+    Parse(String),
+    #[error("certificate has a malformed subjectAltName extension")]
+    BadSan,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Identity {
+    /// RFC 4514 subject DN.
+    pub subject: String,
+    /// RFC 4514 issuer DN.
+    pub issuer: String,
+    #[serde(skip)]
+    pub cn: Vec<String>,
+    #[serde(skip)]
+    pub ou: Vec<String>,
+    #[serde(skip)]
+    pub o: Vec<String>,
+    #[serde(skip)]
+    pub issuer_cn: Vec<String>,
+    /// Lowercase hex, no leading zeros.
+    pub serial: String,
+    /// SHA-256 of the DER certificate, lowercase hex.
+    pub fingerprint_sha256: String,
+    #[serde(skip)]
+    pub dns: Vec<String>,
+    #[serde(skip)]
+    pub uri: Vec<String>,
+    #[serde(skip)]
+    pub email: Vec<String>,
+    /// The `spiffe://` URI SAN, when there is exactly one.
+    pub spiffe_id: Option<String>,
+    /// RFC 3339.
+    pub not_before: String,
+    /// RFC 3339.
+    pub not_after: String,
+    #[serde(skip)]
+    pub not_after_unix: i64,
+}
+
+impl Identity {
+    /// Reads the identity fields of a DER certificate.
+    ///
+    /// # Errors
+    /// The bytes are not a certificate, or its SAN extension is malformed.
+    pub fn from_der(der: &[u8]) -> Result<Identity, IdentityError> {
+        let (_, cert) =
+            X509Certificate::from_der(der).map_err(|e| IdentityError::Parse(e.to_string()))?;
+        let subject = cert.subject();
+        let issuer = cert.issuer();
+
+        let mut id = Identity {
+            subject: rfc4514(subject),
+            issuer: rfc4514(issuer),
+            cn: attribute_values(subject, &oid_registry::OID_X509_COMMON_NAME),
+            ou: attribute_values(subject, &oid_registry::OID_X509_ORGANIZATIONAL_UNIT),
+            o: attribute_values(subject, &oid_registry::OID_X509_ORGANIZATION_NAME),
+            issuer_cn: attribute_values(issuer, &oid_registry::OID_X509_COMMON_NAME),
+            serial: serial_hex(cert.raw_serial()),
+            fingerprint_sha256: hex::encode(aws_lc_rs::digest::digest(
+                &aws_lc_rs::digest::SHA256,
+                der,
+            )),
+            not_before: rfc3339(cert.validity().not_before.timestamp()),
+            not_after: rfc3339(cert.validity().not_after.timestamp()),
+            not_after_unix: cert.validity().not_after.timestamp(),
+            ..Identity::default()
+        };
+
+        let san = cert
+            .subject_alternative_name()
+            .map_err(|_| IdentityError::BadSan)?;
+        for name in san.iter().flat_map(|s| s.value.general_names.iter()) {
+            match name {
+                GeneralName::DNSName(v) => id.dns.push(escape_visible(v)),
+                GeneralName::URI(v) => id.uri.push(escape_visible(v)),
+                GeneralName::RFC822Name(v) => id.email.push(escape_visible(v)),
+                _ => {}
+            }
+        }
+        let mut spiffe = id.uri.iter().filter(|u| u.starts_with("spiffe://"));
+        id.spiffe_id = match (spiffe.next(), spiffe.next()) {
+            (Some(one), None) => Some(one.clone()),
+            _ => None,
+        };
+        Ok(id)
+    }
+
+    /// The values a `[[roles.map]]` matcher named `field` compares against.
+    pub fn field_values(&self, field: &str) -> impl Iterator<Item = &str> {
+        let values: &[String] = match field {
+            "cn" => &self.cn,
+            "ou" => &self.ou,
+            "o" => &self.o,
+            "subject" => std::slice::from_ref(&self.subject),
+            "issuer_cn" => &self.issuer_cn,
+            "dns" => &self.dns,
+            "uri" => &self.uri,
+            "email" => &self.email,
+            "spiffe_id" => self.spiffe_id.as_slice(),
+            "fingerprint_sha256" => std::slice::from_ref(&self.fingerprint_sha256),
+            "serial" => std::slice::from_ref(&self.serial),
+            _ => &[],
+        };
+        values.iter().map(String::as_str)
+    }
+}
+
+/// A comma-separated list whose items cannot be confused with the separator.
+pub fn join_list(values: &[String]) -> String {
+    let mut out = String::new();
+    for (i, v) in values.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        for c in v.chars() {
+            match c {
+                ',' => out.push_str("\\2C"),
+                c => out.push(c),
+            }
+        }
+    }
+    out
+}
+
+fn attribute_values(name: &X509Name<'_>, oid: &oid_registry::Oid<'_>) -> Vec<String> {
+    name.iter_by_oid(oid).map(|a| escape_visible(&attribute_text(a))).collect()
+}
+
+/// The attribute as text: string types decoded, BMPString from UTF-16,
+/// anything else as `#` + hex of its content (RFC 4514 §2.4).
+fn attribute_text(attr: &AttributeTypeAndValue<'_>) -> String {
+    if let Ok(s) = attr.as_str() {
+        return s.to_owned();
+    }
+    let value = attr.attr_value();
+    if value.tag() == x509_parser::der_parser::asn1_rs::Tag::BmpString {
+        let units: Vec<u16> = value
+            .data
+            .chunks_exact(2)
+            .map(|c| u16::from_be_bytes([c[0], c[1]]))
+            .collect();
+        if let Ok(s) = String::from_utf16(&units) {
+            return s;
+        }
+    }
+    format!("#{}", hex::encode(value.data))
+}
+
+fn short_name(oid: &oid_registry::Oid<'_>) -> Option<&'static str> {
+    use oid_registry::*;
+    Some(match oid {
+        o if *o == OID_X509_COMMON_NAME => "CN",
+        o if *o == OID_X509_COUNTRY_NAME => "C",
+        o if *o == OID_X509_LOCALITY_NAME => "L",
+        o if *o == OID_X509_STATE_OR_PROVINCE_NAME => "ST",
+        o if *o == OID_X509_STREET_ADDRESS => "STREET",
+        o if *o == OID_X509_ORGANIZATION_NAME => "O",
+        o if *o == OID_X509_ORGANIZATIONAL_UNIT => "OU",
+        o if *o == OID_DOMAIN_COMPONENT => "DC",
+        o if o.to_id_string() == "0.9.2342.19200300.100.1.1" => "UID",
+        _ => return None,
+    })
+}
+
+/// RFC 4514: RDNs last-to-first, `,` between RDNs, `+` within one, and the
+/// special characters escaped. Non-visible bytes become `\XX` afterwards.
+pub fn rfc4514(name: &X509Name<'_>) -> String {
+    let rdns: Vec<_> = name.iter_rdn().collect();
+    let mut out = String::new();
+    for (i, rdn) in rdns.iter().rev().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        for (j, attr) in rdn.iter().enumerate() {
+            if j > 0 {
+                out.push('+');
+            }
+            match short_name(attr.attr_type()) {
+                Some(n) => out.push_str(n),
+                None => out.push_str(&attr.attr_type().to_id_string()),
+            }
+            out.push('=');
+            let text = attribute_text(attr);
+            if text.starts_with('#') && attr.as_str().is_err() {
+                out.push_str(&text);
+            } else {
+                escape_dn_value(&text, &mut out);
+            }
+        }
+    }
+    out
+}
+
+fn escape_dn_value(value: &str, out: &mut String) {
+    let last = value.chars().count().saturating_sub(1);
+    for (i, c) in value.chars().enumerate() {
+        let special = matches!(c, '"' | '+' | ',' | ';' | '<' | '>' | '\\')
+            || (i == 0 && (c == '#' || c == ' '))
+            || (i == last && c == ' ');
+        if special {
+            out.push('\\');
+            out.push(c);
+        } else {
+            push_visible(c, out);
+        }
+    }
+}
+
+/// Copies `value`, writing every byte that is not visible ASCII or space as `\XX`.
+pub fn escape_visible(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for c in value.chars() {
+        push_visible(c, &mut out);
+    }
+    out
+}
+
+fn push_visible(c: char, out: &mut String) {
+    if c == ' ' || c.is_ascii_graphic() {
+        out.push(c);
+    } else {
+        let mut buf = [0u8; 4];
+        for b in c.encode_utf8(&mut buf).bytes() {
+            let _ = write!(out, "\\{b:02X}");
+        }
+    }
+}
+
+fn serial_hex(raw: &[u8]) -> String {
+    let hex = hex::encode(raw);
+    match hex.trim_start_matches('0') {
+        "" => "0".to_owned(),
+        s => s.to_owned(),
+    }
+}
+
+pub fn rfc3339(unix: i64) -> String {
+    ::time::OffsetDateTime::from_unix_timestamp(unix)
+        .ok()
+        .and_then(|t| t.format(&::time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_else(|| unix.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rcgen::{CertificateParams, DnType, DnValue, KeyPair, SanType};
+
+    fn cert(configure: impl FnOnce(&mut CertificateParams)) -> Vec<u8> {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        configure(&mut params);
+        let key = KeyPair::generate().unwrap();
+        params.self_signed(&key).unwrap().der().to_vec()
+    }
+
+    #[test]
+    fn reads_subject_sans_and_spiffe_id() {
+        let der = cert(|p| {
+            p.distinguished_name.push(DnType::OrganizationName, "Acme, Inc.");
+            p.distinguished_name.push(DnType::OrganizationalUnitName, "payments");
+            p.distinguished_name.push(DnType::CommonName, "billing-api");
+            p.subject_alt_names = vec![
+                SanType::DnsName("billing.internal".try_into().unwrap()),
+                SanType::URI("spiffe://acme.org/ns/pay/sa/billing".try_into().unwrap()),
+                SanType::Rfc822Name("ops@acme.org".try_into().unwrap()),
+            ];
+            p.serial_number = Some(rcgen::SerialNumber::from_slice(&[0x00, 0x1a, 0x2b]));
+        });
+        let id = Identity::from_der(&der).unwrap();
+        assert_eq!(id.subject, "CN=billing-api,OU=payments,O=Acme\\, Inc.");
+        assert_eq!(id.issuer, id.subject);
+        assert_eq!(id.cn, vec!["billing-api"]);
+        assert_eq!(id.o, vec!["Acme, Inc."]);
+        assert_eq!(id.dns, vec!["billing.internal"]);
+        assert_eq!(id.email, vec!["ops@acme.org"]);
+        assert_eq!(id.spiffe_id.as_deref(), Some("spiffe://acme.org/ns/pay/sa/billing"));
+        assert_eq!(id.serial, "1a2b");
+        assert_eq!(id.fingerprint_sha256.len(), 64);
+        assert!(id.not_after.ends_with('Z'), "{}", id.not_after);
+    }
+
+    #[test]
+    fn two_spiffe_uris_give_no_spiffe_id() {
+        let der = cert(|p| {
+            p.subject_alt_names = vec![
+                SanType::URI("spiffe://a/x".try_into().unwrap()),
+                SanType::URI("spiffe://a/y".try_into().unwrap()),
+            ];
+        });
+        assert_eq!(Identity::from_der(&der).unwrap().spiffe_id, None);
+    }
+
+    #[test]
+    fn control_bytes_and_unicode_are_escaped() {
+        let der = cert(|p| {
+            p.distinguished_name.push(
+                DnType::CommonName,
+                DnValue::Utf8String("evil\r\nx-client-roles: ROLE_ADMIN é".into()),
+            );
+        });
+        let id = Identity::from_der(&der).unwrap();
+        assert_eq!(id.subject, "CN=evil\\0D\\0Ax-client-roles: ROLE_ADMIN \\C3\\A9");
+        assert!(id.subject.bytes().all(|b| b == b' ' || b.is_ascii_graphic()));
+    }
+
+    #[test]
+    fn list_items_cannot_fake_separators() {
+        assert_eq!(join_list(&["a,b".into(), "c".into()]), "a\\2Cb,c");
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        assert!(Identity::from_der(b"not a certificate").is_err());
+        assert!(Identity::from_der(&[]).is_err());
+    }
+}

@@ -1,0 +1,26 @@
+//! certgate: an mTLS-terminating HTTP gateway. It requires and verifies a
+//! client certificate on every connection, maps the certificate to roles,
+//! authorizes each request by path and method, and forwards allowed
+//! requests upstream with the verified identity in headers. Certificates,
+//! CAs, CRLs and rules reload without a restart.
+
+#![deny(unsafe_code)]
+
+pub mod admin;
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod daemon;
+pub mod devpki;
+pub mod echo;
+pub mod gateway;
+pub mod identity;
+pub mod inspect;
+pub mod logging;
+pub mod metrics;
+pub mod policy;
+pub mod proxy;
+pub mod reload;
+pub mod state;
+pub mod systemd;
+pub mod tls;

@@ -1,0 +1,261 @@
+//! Prometheus metrics: one registry per gateway, built here with typed
+//! handles, so tests get a fresh registry and nothing is a hidden global.
+//! Names and label sets are part of the product contract (SPEC §6).
+
+use std::sync::Arc;
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+use crate::state::State;
+use crate::tls::HandshakeFailure;
+
+/// Upstream failure kinds, the `kind` label of `certgate_upstream_errors_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamErrorKind {
+    Connect,
+    Timeout,
+    Protocol,
+}
+
+impl UpstreamErrorKind {
+    fn label(self) -> &'static str {
+        match self {
+            UpstreamErrorKind::Connect => "connect",
+            UpstreamErrorKind::Timeout => "timeout",
+            UpstreamErrorKind::Protocol => "protocol",
+        }
+    }
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub connections_active: IntGauge,
+    pub connections_total: IntCounter,
+    handshakes: IntCounterVec,
+    pub handshake_duration: Histogram,
+    requests: IntCounterVec,
+    pub request_duration: Histogram,
+    pub authz_denied: IntCounter,
+    role_grants: IntCounterVec,
+    upstream_errors: IntCounterVec,
+    reloads: IntCounterVec,
+    pub config_generation: IntGauge,
+    pub last_reload_success: IntGauge,
+    cert_expiry: IntGaugeVec,
+    crl_next_update: IntGaugeVec,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+fn register<T: prometheus::core::Collector + Clone + 'static>(registry: &Registry, c: T) -> T {
+    registry
+        .register(Box::new(c.clone()))
+        .expect("metric names are unique and valid");
+    c
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Metrics> {
+        let r = Registry::new();
+        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
+            register(&r, IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"))
+        };
+        let gauge = |name: &str, help: &str| register(&r, IntGauge::new(name, help).expect("valid metric"));
+        let gauge_vec = |name: &str, help: &str, labels: &[&str]| {
+            register(&r, IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric"))
+        };
+        let histogram = |name: &str, help: &str, buckets: Vec<f64>| {
+            register(
+                &r,
+                Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets)).expect("valid metric"),
+            )
+        };
+        let fast_buckets = vec![
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+        ];
+
+        let build_info = gauge_vec(
+            "certgate_build_info",
+            "Always 1; the version label says which certgate is running.",
+            &["version"],
+        );
+        build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+
+        let m = Metrics {
+            connections_active: gauge(
+                "certgate_connections_active",
+                "Client TCP connections currently open on the mTLS listener.",
+            ),
+            connections_total: register(
+                &r,
+                IntCounter::new(
+                    "certgate_connections_total",
+                    "Client TCP connections accepted on the mTLS listener.",
+                )
+                .expect("valid metric"),
+            ),
+            handshakes: counter_vec(
+                "certgate_tls_handshakes_total",
+                "TLS handshakes by result: ok, or the reason the client was refused.",
+                &["result"],
+            ),
+            handshake_duration: histogram(
+                "certgate_tls_handshake_duration_seconds",
+                "Time from TCP accept to a completed TLS handshake.",
+                fast_buckets.clone(),
+            ),
+            requests: counter_vec(
+                "certgate_requests_total",
+                "HTTP requests answered on the mTLS listener, by status code.",
+                &["code"],
+            ),
+            request_duration: histogram(
+                "certgate_request_duration_seconds",
+                "Time from request head received to response head sent.",
+                fast_buckets,
+            ),
+            authz_denied: register(
+                &r,
+                IntCounter::new(
+                    "certgate_authz_denied_total",
+                    "Requests refused with 403 by the authorization rules.",
+                )
+                .expect("valid metric"),
+            ),
+            role_grants: counter_vec(
+                "certgate_role_grants_total",
+                "Roles granted to verified clients, once per connection and configuration generation.",
+                &["role"],
+            ),
+            upstream_errors: counter_vec(
+                "certgate_upstream_errors_total",
+                "Failed upstream exchanges by kind: connect, timeout, protocol.",
+                &["kind"],
+            ),
+            reloads: counter_vec(
+                "certgate_reloads_total",
+                "Configuration and certificate reloads by result.",
+                &["result"],
+            ),
+            config_generation: gauge(
+                "certgate_config_generation",
+                "Generation number of the state now serving; 1 at start, +1 per successful reload.",
+            ),
+            last_reload_success: gauge(
+                "certgate_config_last_reload_success_timestamp_seconds",
+                "Unix time of the last successful load of the state.",
+            ),
+            cert_expiry: gauge_vec(
+                "certgate_certificate_expiry_timestamp_seconds",
+                "notAfter of each loaded server certificate and trusted client CA, as Unix time.",
+                &["kind", "subject"],
+            ),
+            crl_next_update: gauge_vec(
+                "certgate_crl_next_update_timestamp_seconds",
+                "nextUpdate of each loaded CRL, as Unix time.",
+                &["issuer"],
+            ),
+            registry: r,
+        };
+        // Every label value is present from the start, so rate() and alerts
+        // see a zero before the first event rather than a missing series.
+        m.handshakes.with_label_values(&["ok"]);
+        for f in HandshakeFailure::ALL {
+            m.handshakes.with_label_values(&[f.label()]);
+        }
+        for k in [UpstreamErrorKind::Connect, UpstreamErrorKind::Timeout, UpstreamErrorKind::Protocol] {
+            m.upstream_errors.with_label_values(&[k.label()]);
+        }
+        m.reloads.with_label_values(&["success"]);
+        m.reloads.with_label_values(&["failure"]);
+        Arc::new(m)
+    }
+
+    pub fn handshake_ok(&self, seconds: f64) {
+        self.handshakes.with_label_values(&["ok"]).inc();
+        self.handshake_duration.observe(seconds);
+    }
+
+    pub fn handshake_failed(&self, reason: HandshakeFailure) {
+        self.handshakes.with_label_values(&[reason.label()]).inc();
+    }
+
+    pub fn handshakes(&self, result: &str) -> u64 {
+        self.handshakes.with_label_values(&[result]).get()
+    }
+
+    pub fn request_done(&self, status: http::StatusCode, seconds: f64) {
+        self.requests.with_label_values(&[status.as_str()]).inc();
+        self.request_duration.observe(seconds);
+    }
+
+    pub fn role_granted(&self, role: &str) {
+        self.role_grants.with_label_values(&[role]).inc();
+    }
+
+    pub fn upstream_error(&self, kind: UpstreamErrorKind) {
+        self.upstream_errors.with_label_values(&[kind.label()]).inc();
+    }
+
+    pub fn reload(&self, success: bool) {
+        self.reloads
+            .with_label_values(&[if success { "success" } else { "failure" }])
+            .inc();
+    }
+
+    /// Publishes the gauges that describe a newly installed state.
+    pub fn state_installed(&self, state: &State) {
+        self.config_generation.set(state.generation as i64);
+        self.last_reload_success.set(state.loaded_at_unix);
+        self.cert_expiry.reset();
+        for c in &state.certs {
+            let kind = if c.kind == "client_ca" { "client_ca" } else { "server" };
+            self.cert_expiry
+                .with_label_values(&[kind, &c.subject])
+                .set(c.not_after_unix);
+        }
+        self.crl_next_update.reset();
+        for crl in &state.crls {
+            if let Some(next) = crl.next_update_unix {
+                self.crl_next_update.with_label_values(&[&crl.issuer]).set(next);
+            }
+        }
+        // Roles only appear as labels once configured (bounded cardinality).
+        for role in state.roles.known_roles() {
+            self.role_grants.with_label_values(&[role]);
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .expect("text encoding into a Vec cannot fail");
+        String::from_utf8(buf).expect("the text format is UTF-8")
+    }
+}
+
+/// Counts a connection as active for as long as it lives.
+pub struct ActiveConnection(Arc<Metrics>);
+
+impl ActiveConnection {
+    pub fn open(metrics: &Arc<Metrics>) -> ActiveConnection {
+        metrics.connections_total.inc();
+        metrics.connections_active.inc();
+        ActiveConnection(metrics.clone())
+    }
+}
+
+impl Drop for ActiveConnection {
+    fn drop(&mut self) {
+        self.0.connections_active.dec();
+    }
+}

@@ -1,0 +1,13 @@
+//! Pure decision logic, free of I/O and TLS: which roles a verified identity
+//! holds, whether those roles may call a method on a path, and how a request
+//! path is normalized before anything is decided about it.
+
+mod authz;
+mod glob;
+mod path;
+mod roles;
+
+pub use authz::{AuthzDefault, Authorizer, Decision, Route};
+pub use glob::Glob;
+pub use path::{normalize_path, PathError};
+pub use roles::{RoleMapper, RoleRule, Roles};

@@ -1,0 +1,126 @@
+//! Errors the gateway answers itself, and the one place that maps each to a
+//! status code and a JSON body `{"error": ..., "request_id": ...}`.
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Response, StatusCode};
+use http_body_util::{Either, Full};
+
+use super::ProxyBody;
+use crate::metrics::UpstreamErrorKind;
+use crate::policy::PathError;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GatewayError {
+    #[error("bad request path: {0}")]
+    BadPath(#[from] PathError),
+    #[error("request head larger than listener.max_header_bytes")]
+    HeadTooLarge,
+    #[error("forbidden: {0}")]
+    Forbidden(&'static str),
+    /// The connection's certificate no longer passes the current state
+    /// (revoked by a new CRL, CA removed, expired since the handshake).
+    #[error("client certificate no longer accepted: {0}")]
+    CertificateRejected(&'static str),
+    #[error("no such gateway endpoint")]
+    NotFound,
+    #[error("upstream unreachable")]
+    UpstreamConnect,
+    #[error("upstream did not answer within upstream.timeout")]
+    UpstreamTimeout,
+    #[error("upstream broke the exchange")]
+    UpstreamProtocol,
+    #[error("gateway is draining")]
+    Draining,
+}
+
+impl GatewayError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            GatewayError::BadPath(_) => StatusCode::BAD_REQUEST,
+            GatewayError::HeadTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            GatewayError::Forbidden(_) | GatewayError::CertificateRejected(_) => StatusCode::FORBIDDEN,
+            GatewayError::NotFound => StatusCode::NOT_FOUND,
+            GatewayError::UpstreamConnect | GatewayError::UpstreamProtocol => StatusCode::BAD_GATEWAY,
+            GatewayError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            GatewayError::Draining => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// The machine-readable `error` field.
+    pub fn code(&self) -> &'static str {
+        match self {
+            GatewayError::BadPath(_) => "bad_path",
+            GatewayError::HeadTooLarge => "request_header_fields_too_large",
+            GatewayError::Forbidden(_) => "forbidden",
+            GatewayError::CertificateRejected(_) => "certificate_rejected",
+            GatewayError::NotFound => "not_found",
+            GatewayError::UpstreamConnect | GatewayError::UpstreamProtocol => "bad_gateway",
+            GatewayError::UpstreamTimeout => "gateway_timeout",
+            GatewayError::Draining => "draining",
+        }
+    }
+
+    pub fn upstream_kind(&self) -> Option<UpstreamErrorKind> {
+        match self {
+            GatewayError::UpstreamConnect => Some(UpstreamErrorKind::Connect),
+            GatewayError::UpstreamTimeout => Some(UpstreamErrorKind::Timeout),
+            GatewayError::UpstreamProtocol => Some(UpstreamErrorKind::Protocol),
+            _ => None,
+        }
+    }
+
+    /// Whether the client should not reuse the connection afterwards.
+    fn closes_connection(&self) -> bool {
+        matches!(self, GatewayError::CertificateRejected(_) | GatewayError::Draining)
+    }
+
+    pub fn into_response(self, request_id: &str) -> Response<ProxyBody> {
+        json_response(
+            self.status(),
+            &serde_json::json!({ "error": self.code(), "request_id": request_id }),
+            self.closes_connection(),
+        )
+    }
+}
+
+pub fn json_response(status: StatusCode, body: &serde_json::Value, close: bool) -> Response<ProxyBody> {
+    let mut resp = Response::new(Either::Right(Full::new(Bytes::from(body.to_string()))));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    if close {
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    #[tokio::test]
+    async fn every_variant_maps_to_its_status_and_json() {
+        let cases = [
+            (GatewayError::BadPath(PathError::EncodedSlash), 400, "bad_path"),
+            (GatewayError::HeadTooLarge, 431, "request_header_fields_too_large"),
+            (GatewayError::Forbidden("missing role"), 403, "forbidden"),
+            (GatewayError::CertificateRejected("revoked"), 403, "certificate_rejected"),
+            (GatewayError::NotFound, 404, "not_found"),
+            (GatewayError::UpstreamConnect, 502, "bad_gateway"),
+            (GatewayError::UpstreamProtocol, 502, "bad_gateway"),
+            (GatewayError::UpstreamTimeout, 504, "gateway_timeout"),
+            (GatewayError::Draining, 503, "draining"),
+        ];
+        for (err, status, code) in cases {
+            let name = format!("{err:?}");
+            let resp = err.into_response("rid-1");
+            assert_eq!(resp.status().as_u16(), status, "{name}");
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(json["error"], code, "{name}");
+            assert_eq!(json["request_id"], "rid-1", "{name}");
+        }
+    }
+}

@@ -1,0 +1,312 @@
+//! What the upstream sees: hop-by-hop headers and every header a client
+//! could use to impersonate the gateway removed, then identity headers set
+//! from the verified certificate. Identity values are computed once per
+//! connection; per request only `HeaderValue` clones (reference counts) happen.
+
+use std::net::IpAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+use crate::config::IdentityConfig;
+use crate::identity::{join_list, Identity};
+
+pub static X_CLIENT_SUBJECT: HeaderName = HeaderName::from_static("x-client-subject");
+pub static X_CLIENT_ISSUER: HeaderName = HeaderName::from_static("x-client-issuer");
+pub static X_CLIENT_SERIAL: HeaderName = HeaderName::from_static("x-client-serial");
+pub static X_CLIENT_FINGERPRINT: HeaderName = HeaderName::from_static("x-client-fingerprint");
+pub static X_CLIENT_SAN_DNS: HeaderName = HeaderName::from_static("x-client-san-dns");
+pub static X_CLIENT_SAN_URI: HeaderName = HeaderName::from_static("x-client-san-uri");
+pub static X_CLIENT_SAN_EMAIL: HeaderName = HeaderName::from_static("x-client-san-email");
+pub static X_CLIENT_SPIFFE_ID: HeaderName = HeaderName::from_static("x-client-spiffe-id");
+pub static X_CLIENT_NOT_AFTER: HeaderName = HeaderName::from_static("x-client-not-after");
+pub static X_CLIENT_ROLES: HeaderName = HeaderName::from_static("x-client-roles");
+pub static X_CLIENT_CERT: HeaderName = HeaderName::from_static("x-client-cert");
+pub static X_FORWARDED_CLIENT_CERT: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
+pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+static HTTPS: HeaderValue = HeaderValue::from_static("https");
+
+/// Identity header values for one connection's client certificate.
+#[derive(Debug, Clone)]
+pub struct IdentityHeaders {
+    always: Vec<(&'static HeaderName, HeaderValue)>,
+    cert: HeaderValue,
+    xfcc: HeaderValue,
+}
+
+fn value(s: &str) -> HeaderValue {
+    // Identity strings are escaped to visible ASCII and spaces, which is
+    // always a valid header value; an empty value is the safe fallback.
+    HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+impl IdentityHeaders {
+    pub fn new(id: &Identity, leaf_der: &[u8]) -> IdentityHeaders {
+        let mut always = vec![
+            (&X_CLIENT_SUBJECT, value(&id.subject)),
+            (&X_CLIENT_ISSUER, value(&id.issuer)),
+            (&X_CLIENT_SERIAL, value(&id.serial)),
+            (&X_CLIENT_FINGERPRINT, value(&id.fingerprint_sha256)),
+            (&X_CLIENT_NOT_AFTER, value(&id.not_after)),
+        ];
+        for (name, list) in [
+            (&X_CLIENT_SAN_DNS, &id.dns),
+            (&X_CLIENT_SAN_URI, &id.uri),
+            (&X_CLIENT_SAN_EMAIL, &id.email),
+        ] {
+            if !list.is_empty() {
+                always.push((name, value(&join_list(list))));
+            }
+        }
+        if let Some(spiffe) = &id.spiffe_id {
+            always.push((&X_CLIENT_SPIFFE_ID, value(spiffe)));
+        }
+        IdentityHeaders {
+            always,
+            cert: value(&url_encoded_pem(leaf_der)),
+            xfcc: value(&xfcc(id)),
+        }
+    }
+}
+
+/// nginx's `$ssl_client_escaped_cert`: the PEM leaf, percent-encoded.
+fn url_encoded_pem(der: &[u8]) -> String {
+    const KEEP: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'.')
+        .remove(b'_')
+        .remove(b'~');
+    let pem = pem::encode(&pem::Pem::new("CERTIFICATE", der.to_vec()));
+    percent_encoding::utf8_percent_encode(&pem, KEEP).to_string()
+}
+
+/// Envoy's `x-forwarded-client-cert` element for this certificate.
+fn xfcc(id: &Identity) -> String {
+    let quote = |v: &str| {
+        if v.contains([',', ';', '=', '"']) {
+            format!("\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\""))
+        } else {
+            v.to_owned()
+        }
+    };
+    let mut out = format!(
+        "Hash={};Subject=\"{}\"",
+        id.fingerprint_sha256,
+        id.subject.replace('\\', "\\\\").replace('"', "\\\"")
+    );
+    for uri in &id.uri {
+        out.push_str(";URI=");
+        out.push_str(&quote(uri));
+    }
+    for dns in &id.dns {
+        out.push_str(";DNS=");
+        out.push_str(&quote(dns));
+    }
+    out
+}
+
+/// Headers a client must never be able to set for the upstream: the whole
+/// `x-client-*` and `x-forwarded-*` families (today's names and any added
+/// later), `forwarded`, `x-real-ip`, and `x-request-id` (re-set by us).
+fn is_spoofable(name: &HeaderName) -> bool {
+    let n = name.as_str();
+    n.starts_with("x-client-")
+        || n.starts_with("x-forwarded-")
+        || n == "forwarded"
+        || n == "x-real-ip"
+        || n == "x-request-id"
+}
+
+/// Connection-level headers that apply to one hop only (RFC 9110 §7.6.1).
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "proxy-authorization"
+            | "proxy-authenticate"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+    )
+}
+
+/// Removes hop-by-hop headers, including those the `Connection` header names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    remove_where(headers, is_hop_by_hop);
+}
+
+fn remove_where(headers: &mut HeaderMap, pred: fn(&HeaderName) -> bool) {
+    // Most requests carry none: scan first, allocate only when needed.
+    if !headers.keys().any(pred) {
+        return;
+    }
+    let doomed: Vec<HeaderName> = headers.keys().filter(|n| pred(n)).cloned().collect();
+    for name in doomed {
+        headers.remove(name);
+    }
+}
+
+/// Per-request inputs to [`prepare_request_headers`].
+pub struct Forwarding<'a> {
+    pub identity: &'a IdentityHeaders,
+    pub roles: &'a HeaderValue,
+    pub options: IdentityConfig,
+    pub peer_ip: IpAddr,
+    pub request_id: &'a HeaderValue,
+}
+
+/// Rewrites an incoming request's headers into what the upstream receives.
+pub fn prepare_request_headers(headers: &mut HeaderMap, f: &Forwarding<'_>) {
+    strip_hop_by_hop(headers);
+    remove_where(headers, is_spoofable);
+    for (name, v) in &f.identity.always {
+        headers.insert(*name, v.clone());
+    }
+    headers.insert(&X_CLIENT_ROLES, f.roles.clone());
+    if f.options.forward_cert {
+        headers.insert(&X_CLIENT_CERT, f.identity.cert.clone());
+    }
+    if f.options.xfcc {
+        headers.insert(&X_FORWARDED_CLIENT_CERT, f.identity.xfcc.clone());
+    }
+    headers.insert(&X_FORWARDED_FOR, value(&f.peer_ip.to_string()));
+    headers.insert(&X_FORWARDED_PROTO, HTTPS.clone());
+    headers.insert(&X_REQUEST_ID, f.request_id.clone());
+}
+
+/// Size of the request head as `max_header_bytes` counts it: each field as
+/// `name: value\r\n`.
+pub fn head_size(headers: &HeaderMap) -> usize {
+    headers
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len() + 4)
+        .sum()
+}
+
+/// A client-supplied request id is kept when it is short and plain.
+pub fn sane_request_id(v: &HeaderValue) -> bool {
+    let b = v.as_bytes();
+    !b.is_empty()
+        && b.len() <= 128
+        && b.iter().all(|c| c.is_ascii_alphanumeric() || b"-_.:/+=@".contains(c))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn identity() -> Identity {
+        Identity {
+            subject: "CN=a\\0D\\0Ab,O=Acme".into(),
+            issuer: "CN=CA".into(),
+            serial: "1f".into(),
+            fingerprint_sha256: "ab".repeat(32),
+            dns: vec!["a.example".into(), "b.example".into()],
+            uri: vec!["spiffe://acme/x".into()],
+            spiffe_id: Some("spiffe://acme/x".into()),
+            not_after: "2030-01-01T00:00:00Z".into(),
+            ..Identity::default()
+        }
+    }
+
+    #[test]
+    fn spoofed_identity_headers_are_replaced_whatever_their_case() {
+        let mut h = HeaderMap::new();
+        for name in [
+            "X-Client-Roles",
+            "x-client-subject",
+            "X-FORWARDED-CLIENT-CERT",
+            "x-client-anything-new",
+            "x-forwarded-for",
+            "x-forwarded-host",
+            "forwarded",
+            "x-real-ip",
+        ] {
+            h.append(HeaderName::from_bytes(name.as_bytes()).unwrap(), HeaderValue::from_static("forged"));
+        }
+        h.insert("accept", HeaderValue::from_static("*/*"));
+        let ids = IdentityHeaders::new(&identity(), b"der");
+        let roles = HeaderValue::from_static("ROLE_USER");
+        let rid = HeaderValue::from_static("rid");
+        prepare_request_headers(
+            &mut h,
+            &Forwarding {
+                identity: &ids,
+                roles: &roles,
+                options: IdentityConfig::default(),
+                peer_ip: "127.0.0.9".parse().unwrap(),
+                request_id: &rid,
+            },
+        );
+        assert!(h.iter().all(|(_, v)| v != "forged"), "{h:?}");
+        assert_eq!(h["x-client-roles"], "ROLE_USER");
+        assert_eq!(h["x-client-subject"], "CN=a\\0D\\0Ab,O=Acme");
+        assert_eq!(h["x-client-san-dns"], "a.example,b.example");
+        assert_eq!(h["x-client-spiffe-id"], "spiffe://acme/x");
+        assert_eq!(h["x-forwarded-for"], "127.0.0.9");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h["accept"], "*/*");
+        assert!(h.get("x-client-cert").is_none() && h.get("x-forwarded-client-cert").is_none());
+        assert_eq!(h.get_all("x-client-roles").iter().count(), 1);
+    }
+
+    #[test]
+    fn optional_certificate_headers() {
+        let mut h = HeaderMap::new();
+        let ids = IdentityHeaders::new(&identity(), b"der-bytes");
+        let roles = HeaderValue::from_static("");
+        let rid = HeaderValue::from_static("rid");
+        prepare_request_headers(
+            &mut h,
+            &Forwarding {
+                identity: &ids,
+                roles: &roles,
+                options: IdentityConfig { forward_cert: true, xfcc: true },
+                peer_ip: "::1".parse().unwrap(),
+                request_id: &rid,
+            },
+        );
+        let cert = h["x-client-cert"].to_str().unwrap();
+        assert!(cert.starts_with("-----BEGIN%20CERTIFICATE-----"), "{cert}");
+        assert_eq!(
+            h["x-forwarded-client-cert"],
+            format!("Hash={};Subject=\"CN=a\\\\0D\\\\0Ab,O=Acme\";URI=spiffe://acme/x;DNS=a.example;DNS=b.example", "ab".repeat(32)).as_str()
+        );
+    }
+
+    #[test]
+    fn hop_by_hop_and_connection_named_headers_are_removed() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", HeaderValue::from_static("keep-alive, x-secret"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("upgrade", HeaderValue::from_static("websocket"));
+        h.insert("te", HeaderValue::from_static("trailers"));
+        h.insert("accept", HeaderValue::from_static("*/*"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1, "{h:?}");
+    }
+
+    #[test]
+    fn request_id_sanity() {
+        assert!(sane_request_id(&HeaderValue::from_static("abc-123_x.y:z")));
+        assert!(!sane_request_id(&HeaderValue::from_static("")));
+        assert!(!sane_request_id(&HeaderValue::from_static("has space")));
+        assert!(!sane_request_id(&HeaderValue::from_str(&"a".repeat(129)).unwrap()));
+    }
+}

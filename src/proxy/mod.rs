@@ -1,0 +1,19 @@
+//! The mTLS data path: accept loop and per-connection TLS + HTTP serving
+//! (`listener`), the verified client of one connection (`client`), the
+//! per-request pipeline (`service`), header rewriting (`headers`), the
+//! upstream client (`upstream`) and gateway-made error responses (`error`).
+
+mod client;
+mod error;
+pub mod headers;
+mod listener;
+mod service;
+mod upstream;
+
+pub use client::ClientContext;
+pub use error::{json_response, GatewayError};
+pub use listener::serve;
+pub use upstream::Upstream;
+
+/// Response bodies are either streamed from the upstream or made here.
+pub type ProxyBody = http_body_util::Either<hyper::body::Incoming, http_body_util::Full<bytes::Bytes>>;

@@ -1,0 +1,194 @@
+//! One request through the gateway: limits, path normalization,
+//! authentication under the current state, authorization, header rewriting,
+//! forwarding, and the access log line.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::uri::PathAndQuery;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode, Version};
+use http_body_util::Either;
+use hyper::body::Incoming;
+
+use super::client::{Authn, ClientContext};
+use super::headers::{self, Forwarding, X_REQUEST_ID};
+use super::{json_response, GatewayError, ProxyBody};
+use crate::gateway::Gateway;
+use crate::policy::{normalize_path, Decision, PathError};
+use crate::state::State;
+
+/// Gateway-internal endpoints live under this prefix and never reach the upstream.
+const INTERNAL_PREFIX: &str = "/.certgate/";
+const WHOAMI: &str = "/.certgate/whoami";
+
+/// What the access log line reports about one request.
+#[derive(Default)]
+struct Outcome {
+    path: Option<String>,
+    roles: Option<String>,
+    upstream: Option<Duration>,
+    error: Option<GatewayError>,
+}
+
+pub async fn handle(
+    gw: Arc<Gateway>,
+    client: Arc<ClientContext>,
+    req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Infallible> {
+    let started = Instant::now();
+    let request_id = match req.headers().get(&X_REQUEST_ID) {
+        Some(v) if headers::sane_request_id(v) => v.clone(),
+        _ => gw.next_request_id(),
+    };
+    let method = req.method().clone();
+    let state = gw.state();
+    let mut outcome = Outcome::default();
+
+    let result = process(&gw, &state, &client, req, &request_id, &mut outcome).await;
+    let mut resp = match result {
+        Ok(resp) => resp,
+        Err(e) => {
+            if let Some(kind) = e.upstream_kind() {
+                gw.metrics.upstream_error(kind);
+            }
+            if matches!(e, GatewayError::Forbidden(_)) {
+                gw.metrics.authz_denied.inc();
+            }
+            let resp = e.clone().into_response(request_id.to_str().unwrap_or(""));
+            outcome.error = Some(e);
+            resp
+        }
+    };
+    resp.headers_mut().insert(&X_REQUEST_ID, request_id.clone());
+    let elapsed = started.elapsed();
+    gw.metrics.request_done(resp.status(), elapsed.as_secs_f64());
+    if state.config.log.access_log {
+        access_log(&client, &method, resp.status(), &request_id, &outcome, elapsed);
+    }
+    Ok(resp)
+}
+
+async fn process(
+    gw: &Gateway,
+    state: &State,
+    client: &ClientContext,
+    req: Request<Incoming>,
+    request_id: &HeaderValue,
+    outcome: &mut Outcome,
+) -> Result<Response<ProxyBody>, GatewayError> {
+    if gw.is_draining() {
+        return Err(GatewayError::Draining);
+    }
+    let target_len = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
+    let head_bytes = headers::head_size(req.headers()) + target_len;
+    if head_bytes > state.config.listener.max_header_bytes {
+        return Err(GatewayError::HeadTooLarge);
+    }
+    // HTTP/1 absolute-form (`GET http://x/`) and CONNECT authority-form are
+    // proxy requests, not requests to this gateway. HTTP/2 always carries a
+    // scheme and authority, so only its path counts.
+    let is_http1 = req.version() < Version::HTTP_2;
+    if req.method() == Method::CONNECT || (is_http1 && req.uri().scheme().is_some()) {
+        return Err(GatewayError::BadPath(PathError::NotOriginForm));
+    }
+    let path = normalize_path(req.uri().path())?.into_owned();
+    outcome.path = Some(path.clone());
+
+    let authn = client.authenticate(state, &gw.metrics)?;
+    let granted = authn.granted();
+    outcome.roles = Some(granted.roles.joined());
+
+    if path.starts_with(INTERNAL_PREFIX) {
+        return internal_endpoint(&path, req.method(), client, &authn);
+    }
+
+    match state.authz.authorize(&path, req.method().as_str(), &granted.roles) {
+        Decision::Allow { .. } => {}
+        Decision::Deny { reason, .. } => return Err(GatewayError::Forbidden(reason)),
+    }
+
+    let (mut parts, body) = req.into_parts();
+    let path_and_query = match parts.uri.query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path,
+    };
+    let path_and_query = PathAndQuery::try_from(path_and_query)
+        .map_err(|_| GatewayError::BadPath(PathError::NotOriginForm))?;
+    if !parts.headers.contains_key(header::HOST) {
+        if let Some(authority) = parts.uri.authority() {
+            if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
+                parts.headers.insert(header::HOST, host);
+            }
+        }
+    }
+    parts.uri = state.upstream.uri_for(path_and_query);
+    parts.version = Version::HTTP_11;
+    headers::prepare_request_headers(
+        &mut parts.headers,
+        &Forwarding {
+            identity: &client.headers,
+            roles: &granted.roles_header,
+            options: state.config.identity,
+            peer_ip: client.peer.ip(),
+            request_id,
+        },
+    );
+
+    let upstream_started = Instant::now();
+    let result = state.upstream.send(Request::from_parts(parts, body)).await;
+    outcome.upstream = Some(upstream_started.elapsed());
+    let (mut parts, body) = result?.into_parts();
+    headers::strip_hop_by_hop(&mut parts.headers);
+    Ok(Response::from_parts(parts, Either::Left(body)))
+}
+
+fn internal_endpoint(
+    path: &str,
+    method: &Method,
+    client: &ClientContext,
+    authn: &Authn,
+) -> Result<Response<ProxyBody>, GatewayError> {
+    if path != WHOAMI || (method != Method::GET && method != Method::HEAD) {
+        return Err(GatewayError::NotFound);
+    }
+    let id = &client.identity;
+    let body = serde_json::json!({
+        "subject": id.subject,
+        "issuer": id.issuer,
+        "serial": id.serial,
+        "fingerprint_sha256": id.fingerprint_sha256,
+        "san": { "dns": id.dns, "uri": id.uri, "email": id.email },
+        "spiffe_id": id.spiffe_id,
+        "not_before": id.not_before,
+        "not_after": id.not_after,
+        "roles": authn.granted().roles.names,
+    });
+    Ok(json_response(StatusCode::OK, &body, false))
+}
+
+fn access_log(
+    client: &ClientContext,
+    method: &Method,
+    status: StatusCode,
+    request_id: &HeaderValue,
+    outcome: &Outcome,
+    elapsed: Duration,
+) {
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    tracing::info!(
+        target: "certgate::access",
+        request_id = request_id.to_str().unwrap_or(""),
+        peer = %client.peer,
+        subject = %client.identity.subject,
+        fingerprint = %client.identity.fingerprint_sha256,
+        roles = outcome.roles.as_deref().unwrap_or(""),
+        method = %method,
+        path = outcome.path.as_deref().unwrap_or(""),
+        status = status.as_u16(),
+        upstream_ms = outcome.upstream.map(ms),
+        total_ms = ms(elapsed),
+        error = outcome.error.as_ref().map(tracing::field::display),
+        "request"
+    );
+}

@@ -1,0 +1,118 @@
+//! The pooled HTTP client to the one upstream (http or https, with its own
+//! CA and optional client certificate), and the classification of its
+//! failures into 502/504.
+
+use std::time::Duration;
+
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{Request, Response, Uri};
+use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use super::GatewayError;
+use crate::config::UpstreamConfig;
+use crate::tls::load::{self, LoadError};
+
+/// Idle pooled upstream connections are closed after this long.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+
+pub struct Upstream {
+    client: Client<HttpsConnector<HttpConnector>, Incoming>,
+    scheme: Scheme,
+    authority: Authority,
+    timeout: Duration,
+}
+
+impl Upstream {
+    /// # Errors
+    /// The upstream CA or client certificate files cannot be used.
+    pub fn build(cfg: &UpstreamConfig) -> Result<Upstream, LoadError> {
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(cfg.connect_timeout));
+        let tls = upstream_tls(cfg)?;
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+            .pool_timer(TokioTimer::new())
+            .build(connector);
+        let parts = cfg.url.clone().into_parts();
+        Ok(Upstream {
+            client,
+            scheme: parts.scheme.unwrap_or(Scheme::HTTP),
+            authority: parts
+                .authority
+                .expect("config validation requires an authority in upstream.url"),
+            timeout: cfg.timeout,
+        })
+    }
+
+    /// The upstream URI for a (normalized) path and query.
+    pub fn uri_for(&self, path_and_query: PathAndQuery) -> Uri {
+        Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(path_and_query)
+            .build()
+            .expect("scheme, authority and path are each valid")
+    }
+
+    /// Sends the request and waits for the response head, at most `upstream.timeout`.
+    pub async fn send(&self, req: Request<Incoming>) -> Result<Response<Incoming>, GatewayError> {
+        match tokio::time::timeout(self.timeout, self.client.request(req)).await {
+            Err(_) => Err(GatewayError::UpstreamTimeout),
+            Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(e)) if e.is_connect() => {
+                tracing::debug!(error = %e, "upstream connect failed");
+                Err(GatewayError::UpstreamConnect)
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "upstream exchange failed");
+                Err(GatewayError::UpstreamProtocol)
+            }
+        }
+    }
+}
+
+fn upstream_tls(cfg: &UpstreamConfig) -> Result<rustls::ClientConfig, LoadError> {
+    let mut roots = rustls::RootCertStore::empty();
+    match &cfg.ca {
+        Some(ca) => {
+            for (file, cert) in load::load_ca_certs(std::slice::from_ref(ca), None)? {
+                roots
+                    .add(cert)
+                    .map_err(|e| LoadError::new(&file, format!("not usable as a trust anchor: {e}")))?;
+            }
+        }
+        None if cfg.is_https() => {
+            for cert in rustls_native_certs::load_native_certs().certs {
+                let _ = roots.add(cert);
+            }
+        }
+        None => {}
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| LoadError::new(cfg.ca.as_deref().unwrap_or("upstream".as_ref()), e.to_string()))?
+        .with_root_certificates(roots);
+    match (&cfg.client_cert, &cfg.client_key) {
+        (Some(cert), Some(key)) => {
+            let chain = load::load_cert_chain(cert)?;
+            let private = load::load_private_key(key)?;
+            // Checks the pair matches before handing it to rustls.
+            load::certified_key(chain.clone(), private.clone_key(), cert, key)?;
+            builder
+                .with_client_auth_cert(chain, private)
+                .map_err(|e| LoadError::new(key, format!("unusable client key: {e}")))
+        }
+        _ => Ok(builder.with_no_client_auth()),
+    }
+}

@@ -1,0 +1,191 @@
+//! One immutable generation of everything the data path consults: the TLS
+//! server config (certificates, client verifier with CAs and CRLs, its own
+//! session cache), role rules, authorization rules and the upstream client.
+//! A state is built whole from a [`Config`] and the files it names, or not
+//! at all; the gateway swaps whole states atomically.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::pki_types::CertificateDer;
+use rustls::server::danger::ClientCertVerifier;
+use rustls::sign::CertifiedKey;
+use rustls::ServerConfig;
+
+use crate::config::{CertSource, Config};
+use crate::policy::{Authorizer, RoleMapper};
+use crate::proxy::Upstream;
+use crate::tls::{self, load, CertInfo, CrlInfo, LoadError, ServerCerts};
+
+pub struct State {
+    pub generation: u64,
+    pub config: Arc<Config>,
+    pub tls: Arc<ServerConfig>,
+    /// The same verifier the handshake used; requests on connections from an
+    /// older generation are re-checked against it (revocation, new CAs).
+    pub verifier: Arc<dyn ClientCertVerifier>,
+    pub roles: RoleMapper,
+    pub authz: Authorizer,
+    pub upstream: Arc<Upstream>,
+    pub certs: Vec<CertInfo>,
+    pub crls: Vec<CrlInfo>,
+    pub loaded_at_unix: i64,
+}
+
+impl std::fmt::Debug for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("State")
+            .field("generation", &self.generation)
+            .field("certs", &self.certs.len())
+            .field("crls", &self.crls.len())
+            .finish()
+    }
+}
+
+/// Every file that could not be used, each with its reason.
+#[derive(Debug, thiserror::Error)]
+pub struct StateError {
+    pub problems: Vec<LoadError>,
+}
+
+impl std::fmt::Display for StateError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, p) in self.problems.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "{p}")?;
+        }
+        Ok(())
+    }
+}
+
+impl State {
+    /// Reads every file the config names and builds a complete state.
+    ///
+    /// # Errors
+    /// A [`StateError`] listing each file that is missing, unparsable, or
+    /// inconsistent (a key that does not match its certificate, an empty CA
+    /// bundle, a CRL rustls refuses).
+    pub fn build(config: Arc<Config>, generation: u64) -> Result<State, StateError> {
+        let mut problems = Vec::new();
+        let mut certs = Vec::new();
+
+        let default = load_server_cert(&config.server_tls.default, "server", None, &mut certs)
+            .map_err(|e| problems.push(e))
+            .ok();
+        let mut by_name = HashMap::new();
+        for sni in &config.server_tls.sni {
+            match load_server_cert(&sni.source, "sni", Some(&sni.server_name), &mut certs) {
+                Ok(ck) => {
+                    by_name.insert(sni.server_name.clone(), ck);
+                }
+                Err(e) => problems.push(e),
+            }
+        }
+
+        let ca = &config.client_auth;
+        let cas = load::load_ca_certs(&ca.trusted_cas, ca.trusted_cas_password_file.as_deref())
+            .map_err(|e| problems.push(e))
+            .unwrap_or_default();
+        if cas.is_empty() && problems.is_empty() {
+            problems.push(LoadError::new(
+                first_or_config(&ca.trusted_cas, &config.path),
+                "no CA certificates found: the client CA bundle is empty",
+            ));
+        }
+        for (file, der) in &cas {
+            certs.extend(load::cert_info("client_ca", None, file, der));
+        }
+        let crls = load::load_crls(&ca.crls)
+            .map_err(|e| problems.push(e))
+            .unwrap_or_default();
+        let crl_infos = crls
+            .iter()
+            .filter_map(|(file, der)| load::crl_info(file, der))
+            .collect();
+
+        let verifier = if cas.is_empty() {
+            None
+        } else {
+            let ca_ders: Vec<CertificateDer<'static>> = cas.into_iter().map(|(_, c)| c).collect();
+            tls::build_client_verifier(&ca_ders, crls.into_iter().map(|(_, c)| c).collect(), ca)
+                .map_err(|reason| {
+                    let mut files = ca.trusted_cas.clone();
+                    files.extend(ca.crls.iter().cloned());
+                    problems.push(LoadError::new(first_or_config(&files, &config.path), reason))
+                })
+                .ok()
+        };
+
+        let upstream = Upstream::build(&config.upstream)
+            .map_err(|e| problems.push(e))
+            .ok();
+
+        let (Some(default), Some(verifier), Some(upstream), true) =
+            (default, verifier, upstream, problems.is_empty())
+        else {
+            return Err(StateError { problems });
+        };
+
+        let server_certs = Arc::new(ServerCerts { default, by_name });
+        let tls = tls::build_server_config(
+            server_certs,
+            verifier.clone(),
+            config.listener.min_tls_version,
+        )
+        .map_err(|e| StateError {
+            problems: vec![LoadError::new(&config.path, e.to_string())],
+        })?;
+
+        Ok(State {
+            generation,
+            roles: RoleMapper::new(&config.roles.default, config.roles.map.clone()),
+            authz: Authorizer::new(config.authorization.default, config.authorization.rules.clone()),
+            config,
+            tls,
+            verifier,
+            upstream: Arc::new(upstream),
+            certs,
+            crls: crl_infos,
+            loaded_at_unix: crate::clock::unix_now(),
+        })
+    }
+
+    /// The soonest notAfter among server certificates, for status lines.
+    pub fn next_server_expiry(&self) -> Option<&CertInfo> {
+        self.certs
+            .iter()
+            .filter(|c| c.kind != "client_ca")
+            .min_by_key(|c| c.not_after_unix)
+    }
+}
+
+fn first_or_config<'a>(files: &'a [PathBuf], config: &'a Path) -> &'a Path {
+    files.first().map(PathBuf::as_path).unwrap_or(config)
+}
+
+fn load_server_cert(
+    source: &CertSource,
+    kind: &'static str,
+    server_name: Option<&str>,
+    infos: &mut Vec<CertInfo>,
+) -> Result<Arc<CertifiedKey>, LoadError> {
+    let (chain, key, cert_file, key_file) = match source {
+        CertSource::Pem { cert, key } => {
+            let chain = load::load_cert_chain(cert)?;
+            let private = load::load_private_key(key)?;
+            (chain, private, cert.clone(), key.clone())
+        }
+        CertSource::Pkcs12 {
+            file,
+            password_file,
+        } => {
+            let (chain, key) = crate::tls::pkcs12::load_keystore(file, password_file)?;
+            (chain, key, file.clone(), file.clone())
+        }
+    };
+    infos.extend(load::cert_info(kind, server_name, &cert_file, &chain[0]));
+    load::certified_key(chain, key, &cert_file, &key_file)
+}

@@ -1,0 +1,235 @@
+//! Reading TLS material from files. Each error names the file and says what
+//! is wrong with it; nothing here logs key material.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
+use rustls::sign::CertifiedKey;
+use x509_parser::prelude::*;
+
+use crate::identity::Identity;
+
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {reason}", file.display())]
+pub struct LoadError {
+    pub file: PathBuf,
+    pub reason: String,
+}
+
+impl LoadError {
+    pub fn new(file: &Path, reason: impl Into<String>) -> Self {
+        LoadError {
+            file: file.to_path_buf(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// What `check`, `/status` and the expiry metrics say about a certificate.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct CertInfo {
+    /// `server`, `sni` or `client_ca`.
+    pub kind: &'static str,
+    /// For SNI certificates, the server name they answer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_name: Option<String>,
+    pub file: PathBuf,
+    pub subject: String,
+    pub dns_names: Vec<String>,
+    pub key_type: String,
+    pub not_after: String,
+    pub not_after_unix: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct CrlInfo {
+    pub file: PathBuf,
+    pub issuer: String,
+    pub revoked: usize,
+    /// RFC 3339; absent when the CRL has no nextUpdate.
+    pub next_update: Option<String>,
+    pub next_update_unix: Option<i64>,
+}
+
+fn read(file: &Path) -> Result<Vec<u8>, LoadError> {
+    std::fs::read(file).map_err(|e| LoadError::new(file, format!("cannot read: {e}")))
+}
+
+/// A PEM chain, leaf first.
+pub fn load_cert_chain(file: &Path) -> Result<Vec<CertificateDer<'static>>, LoadError> {
+    let bytes = read(file)?;
+    let certs = CertificateDer::pem_slice_iter(&bytes)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| LoadError::new(file, format!("not a PEM certificate file: {e}")))?;
+    if certs.is_empty() {
+        return Err(LoadError::new(file, "no CERTIFICATE block found (expected PEM)"));
+    }
+    for cert in &certs {
+        X509Certificate::from_der(cert)
+            .map_err(|e| LoadError::new(file, format!("unparsable certificate: {e}")))?;
+    }
+    Ok(certs)
+}
+
+/// A PEM private key: PKCS#8, SEC1 (`EC PRIVATE KEY`) or PKCS#1 (`RSA PRIVATE KEY`).
+pub fn load_private_key(file: &Path) -> Result<PrivateKeyDer<'static>, LoadError> {
+    let bytes = read(file)?;
+    PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| {
+        LoadError::new(
+            file,
+            format!("no usable private key (PEM PKCS#8, SEC1 or PKCS#1 expected): {e}"),
+        )
+    })
+}
+
+/// Pairs a chain with its key, refusing a key that does not belong to the leaf.
+pub fn certified_key(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    cert_file: &Path,
+    key_file: &Path,
+) -> Result<Arc<CertifiedKey>, LoadError> {
+    let provider = super::provider();
+    let signing_key = provider
+        .key_provider
+        .load_private_key(key)
+        .map_err(|e| LoadError::new(key_file, format!("unsupported private key: {e}")))?;
+    let ck = CertifiedKey::new(chain, signing_key);
+    match ck.keys_match() {
+        Ok(()) | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {
+            Ok(Arc::new(ck))
+        }
+        Err(_) => Err(LoadError::new(
+            key_file,
+            format!(
+                "private key does not match the certificate in {}",
+                cert_file.display()
+            ),
+        )),
+    }
+}
+
+/// Trusted CA certificates from PEM files, directories of PEM files, and
+/// PKCS#12 trust stores (opened with `password_file`, or no password).
+/// In a directory, hidden entries are skipped (Kubernetes keeps the real
+/// files under `..data`, reached through the visible symlinks) and files
+/// without a CERTIFICATE block are ignored.
+pub fn load_ca_certs(
+    paths: &[PathBuf],
+    password_file: Option<&Path>,
+) -> Result<Vec<(PathBuf, CertificateDer<'static>)>, LoadError> {
+    let mut out = Vec::new();
+    for path in paths {
+        let meta = std::fs::metadata(path)
+            .map_err(|e| LoadError::new(path, format!("cannot read: {e}")))?;
+        if meta.is_dir() {
+            let mut entries: Vec<PathBuf> = std::fs::read_dir(path)
+                .map_err(|e| LoadError::new(path, format!("cannot list directory: {e}")))?
+                .filter_map(|e| e.ok())
+                .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+                .map(|e| e.path())
+                .filter(|p| p.is_file())
+                .collect();
+            entries.sort();
+            for file in entries {
+                let bytes = read(&file)?;
+                let certs = CertificateDer::pem_slice_iter(&bytes)
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| LoadError::new(&file, format!("bad PEM: {e}")))?;
+                out.extend(certs.into_iter().map(|c| (file.clone(), c)));
+            }
+            continue;
+        }
+        let bytes = read(path)?;
+        let certs = if super::pkcs12::looks_like_pkcs12(path, &bytes) {
+            let password = match password_file {
+                Some(f) => super::pkcs12::read_password(f)?,
+                None => String::new(),
+            };
+            super::pkcs12::load_truststore(path, &password)?
+        } else {
+            load_cert_chain(path)?
+        };
+        out.extend(certs.into_iter().map(|c| (path.clone(), c)));
+    }
+    Ok(out)
+}
+
+/// CRLs in PEM (`X509 CRL` blocks) or DER.
+pub fn load_crls(paths: &[PathBuf]) -> Result<Vec<(PathBuf, CertificateRevocationListDer<'static>)>, LoadError> {
+    let mut out = Vec::new();
+    for path in paths {
+        let bytes = read(path)?;
+        let crls: Vec<CertificateRevocationListDer<'static>> = if bytes.trim_ascii_start().starts_with(b"-----BEGIN") {
+            CertificateRevocationListDer::pem_slice_iter(&bytes)
+                .collect::<Result<_, _>>()
+                .map_err(|e| LoadError::new(path, format!("bad PEM CRL: {e}")))?
+        } else {
+            vec![CertificateRevocationListDer::from(bytes)]
+        };
+        if crls.is_empty() {
+            return Err(LoadError::new(path, "no X509 CRL block found"));
+        }
+        for crl in crls {
+            parse_crl(&crl).map_err(|reason| LoadError::new(path, reason))?;
+            out.push((path.clone(), crl));
+        }
+    }
+    Ok(out)
+}
+
+fn parse_crl(der: &[u8]) -> Result<CertificateRevocationList<'_>, String> {
+    CertificateRevocationList::from_der(der)
+        .map(|(_, crl)| crl)
+        .map_err(|e| format!("not a CRL (PEM or DER expected): {e}"))
+}
+
+pub fn crl_info(file: &Path, der: &[u8]) -> Option<CrlInfo> {
+    let crl = parse_crl(der).ok()?;
+    let next = crl.next_update().map(|t| t.timestamp());
+    Some(CrlInfo {
+        file: file.to_path_buf(),
+        issuer: crate::identity::rfc4514(crl.issuer()),
+        revoked: crl.iter_revoked_certificates().count(),
+        next_update: next.map(crate::identity::rfc3339),
+        next_update_unix: next,
+    })
+}
+
+pub fn cert_info(kind: &'static str, server_name: Option<&str>, file: &Path, der: &[u8]) -> Option<CertInfo> {
+    let id = Identity::from_der(der).ok()?;
+    let (_, cert) = X509Certificate::from_der(der).ok()?;
+    Some(CertInfo {
+        kind,
+        server_name: server_name.map(str::to_owned),
+        file: file.to_path_buf(),
+        subject: id.subject,
+        dns_names: id.dns,
+        key_type: key_type(&cert),
+        not_after: id.not_after,
+        not_after_unix: id.not_after_unix,
+    })
+}
+
+fn key_type(cert: &X509Certificate<'_>) -> String {
+    use x509_parser::public_key::PublicKey;
+    match cert.public_key().parsed() {
+        Ok(PublicKey::RSA(rsa)) => format!("RSA-{}", rsa.key_size()),
+        Ok(PublicKey::EC(ec)) => match ec.key_size() {
+            256 => "ECDSA P-256".into(),
+            384 => "ECDSA P-384".into(),
+            521 => "ECDSA P-521".into(),
+            n => format!("ECDSA {n}-bit"),
+        },
+        _ => {
+            let oid = cert.public_key().algorithm.algorithm.to_id_string();
+            match oid.as_str() {
+                "1.3.101.112" => "Ed25519".into(),
+                "1.3.101.113" => "Ed448".into(),
+                other => other.to_owned(),
+            }
+        }
+    }
+}

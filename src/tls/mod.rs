@@ -1,0 +1,26 @@
+//! Everything TLS: reading certificates, keys and CRLs from disk (`load`),
+//! the client-certificate verifier and the meaning of its errors (`verify`),
+//! and the rustls `ServerConfig` with SNI certificate selection (`server`).
+//! Chain validation itself is rustls-webpki's; nothing here re-implements it.
+
+pub mod load;
+pub mod pkcs12;
+pub mod server;
+pub mod verify;
+
+pub use load::{CertInfo, CrlInfo, LoadError};
+pub use server::{build_server_config, ServerCerts};
+pub use verify::{build_client_verifier, classify_error, HandshakeFailure};
+
+use std::sync::Arc;
+
+/// The process-wide crypto provider. Installed once at start-up (rustls
+/// would otherwise pick one implicitly, or panic when two are compiled in).
+pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    rustls::crypto::aws_lc_rs::default_provider().into()
+}
+
+/// Installs [`provider`] as the process default; harmless when already done.
+pub fn install_provider() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}

@@ -1,0 +1,73 @@
+//! The rustls `ServerConfig` of one state generation: protocol versions,
+//! ALPN, the client verifier, fresh session storage, and certificate
+//! selection by SNI. The resolver only looks into maps built at load time;
+//! the handshake never does I/O.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use rustls::server::danger::ClientCertVerifier;
+use rustls::server::{ClientHello, ResolvesServerCert, ServerSessionMemoryCache};
+use rustls::sign::CertifiedKey;
+use rustls::ServerConfig;
+
+use crate::config::TlsVersion;
+
+/// Session cache entries per generation (TLS 1.3 stateful resumption).
+const SESSION_CACHE_SIZE: usize = 4096;
+
+/// Server certificates: the default and those chosen by SNI.
+#[derive(Debug)]
+pub struct ServerCerts {
+    pub default: Arc<CertifiedKey>,
+    /// Exact lowercase names, and `*.suffix` wildcards stored under `*.suffix`.
+    pub by_name: HashMap<String, Arc<CertifiedKey>>,
+}
+
+impl ServerCerts {
+    pub fn select(&self, server_name: Option<&str>) -> Arc<CertifiedKey> {
+        let Some(name) = server_name else {
+            return self.default.clone();
+        };
+        let name = name.trim_end_matches('.').to_ascii_lowercase();
+        if let Some(ck) = self.by_name.get(&name) {
+            return ck.clone();
+        }
+        if let Some((_, parent)) = name.split_once('.') {
+            if let Some(ck) = self.by_name.get(&format!("*.{parent}")) {
+                return ck.clone();
+            }
+        }
+        self.default.clone()
+    }
+}
+
+impl ResolvesServerCert for ServerCerts {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.select(hello.server_name()))
+    }
+}
+
+/// # Errors
+/// rustls refuses the protocol versions for the provider (never in practice).
+pub fn build_server_config(
+    certs: Arc<ServerCerts>,
+    verifier: Arc<dyn ClientCertVerifier>,
+    min_version: TlsVersion,
+) -> Result<Arc<ServerConfig>, rustls::Error> {
+    let versions: &[&'static rustls::SupportedProtocolVersion] = match min_version {
+        TlsVersion::V1_2 => &[&rustls::version::TLS13, &rustls::version::TLS12],
+        TlsVersion::V1_3 => &[&rustls::version::TLS13],
+    };
+    let mut config = ServerConfig::builder_with_provider(super::provider())
+        .with_protocol_versions(versions)?
+        .with_client_cert_verifier(verifier)
+        .with_cert_resolver(certs);
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // A new cache per generation: a session from an older generation cannot
+    // resume under the new trust settings (STYLE: resumption is a boundary).
+    config.session_storage = ServerSessionMemoryCache::new(SESSION_CACHE_SIZE);
+    // No 0-RTT: replayable requests must not reach the upstream.
+    config.max_early_data_size = 0;
+    Ok(Arc::new(config))
+}
