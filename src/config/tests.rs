@@ -1,0 +1,227 @@
+use std::path::Path;
+use std::time::Duration;
+
+use super::*;
+
+const MINIMAL: &str = r#"
+[listener]
+address = "127.0.0.1:8443"
+[server_tls]
+cert = "server.pem"
+key = "server.key"
+[client_auth]
+trusted_cas = ["ca.pem"]
+[upstream]
+url = "http://127.0.0.1:8080"
+"#;
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    parse_env(text, &[])
+}
+
+fn parse_env(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+    Config::from_toml(
+        Path::new("/etc/certgate/certgate.toml"),
+        text,
+        env.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+    )
+}
+
+fn problems(text: &str) -> Vec<String> {
+    parse(text)
+        .expect_err("config should be rejected")
+        .problems
+        .iter()
+        .map(ToString::to_string)
+        .collect()
+}
+
+#[test]
+fn minimal_config_gets_secure_defaults() {
+    let c = parse(MINIMAL).unwrap();
+    assert_eq!(c.listener.handshake_timeout, Duration::from_secs(10));
+    assert_eq!(c.listener.max_connections, 10_000);
+    assert_eq!(c.listener.max_header_bytes, 16_384);
+    assert_eq!(c.listener.min_tls_version, TlsVersion::V1_2);
+    assert_eq!(c.authorization.default, AuthzDefault::Deny);
+    assert_eq!(c.client_auth.crl_scope, CrlScope::Chain);
+    assert_eq!(c.admin.address, Some("127.0.0.1:9464".parse().unwrap()));
+    assert!(c.reload.watch);
+    assert_eq!(c.reload.debounce, Duration::from_millis(250));
+    assert_eq!(c.log.format, LogFormat::Json);
+}
+
+#[test]
+fn paths_resolve_against_the_config_directory() {
+    let c = parse(MINIMAL).unwrap();
+    assert_eq!(
+        c.server_tls.default,
+        CertSource::Pem {
+            cert: "/etc/certgate/server.pem".into(),
+            key: "/etc/certgate/server.key".into()
+        }
+    );
+    assert_eq!(c.client_auth.trusted_cas, vec![PathBuf::from("/etc/certgate/ca.pem")]);
+    let abs = MINIMAL.replace("\"ca.pem\"", "\"/srv/pki/ca.pem\"");
+    assert_eq!(parse(&abs).unwrap().client_auth.trusted_cas, vec![PathBuf::from("/srv/pki/ca.pem")]);
+}
+
+#[test]
+fn unknown_keys_are_errors_naming_the_key() {
+    for (name, text) in [
+        ("top-level section", format!("{MINIMAL}\n[listner]\naddress = \"x\"\n")),
+        ("listener key", MINIMAL.replace("address = \"127.0.0.1:8443\"", "address = \"127.0.0.1:8443\"\nadress = \"x\"")),
+        ("client_auth typo", MINIMAL.replace("trusted_cas", "trusted_ca")),
+        ("role rule matcher", format!("{MINIMAL}\n[[roles.map]]\nroles = [\"R\"]\ncommon_name = \"x\"\n")),
+    ] {
+        let msg = problems(&text).join("\n");
+        assert!(msg.contains("unknown field"), "case {name}: {msg}");
+    }
+    let msg = problems(&format!("{MINIMAL}\n[listner]\naddress = \"x\"\n")).join("\n");
+    assert!(msg.contains("listner"), "{msg}");
+}
+
+#[test]
+fn every_problem_is_reported_in_one_pass() {
+    let text = MINIMAL
+        .replace("address = \"127.0.0.1:8443\"", "address = \"nowhere\"\nhandshake_timeout = \"10\"\nmin_tls_version = \"1.1\"")
+        .replace("url = \"http://127.0.0.1:8080\"", "url = \"ftp://x\"");
+    let p = problems(&text);
+    let at: Vec<&str> = p.iter().map(|s| s.split(':').next().unwrap()).collect();
+    assert_eq!(
+        at,
+        vec!["listener.address", "listener.handshake_timeout", "listener.min_tls_version", "upstream.url"],
+        "{p:?}"
+    );
+}
+
+#[test]
+fn value_validation_table() {
+    let cases: &[(&str, &str, &str)] = &[
+        ("zero duration", "idle_timeout = \"0s\"", "listener.idle_timeout"),
+        ("unitless duration", "idle_timeout = \"60\"", "listener.idle_timeout"),
+        ("negative connections", "max_connections = -1", "listener.max_connections"),
+        ("huge header limit", "max_header_bytes = 99999999", "listener.max_header_bytes"),
+    ];
+    for (name, line, at) in cases {
+        let text = MINIMAL.replace("address = \"127.0.0.1:8443\"", &format!("address = \"127.0.0.1:8443\"\n{line}"));
+        let p = problems(&text);
+        assert!(p.iter().any(|x| x.starts_with(at)), "case {name}: {p:?}");
+    }
+    let sections: &[(&str, &str, &str)] = &[
+        ("revocation toggle", "[client_auth]\ntrusted_cas = [\"ca.pem\"]\nunknown_revocation = \"maybe\"", "client_auth.unknown_revocation"),
+        ("crl scope", "[client_auth]\ntrusted_cas = [\"ca.pem\"]\ncrl_scope = \"leaf\"", "client_auth.crl_scope"),
+        ("empty trust", "[client_auth]\ntrusted_cas = []", "client_auth.trusted_cas"),
+    ];
+    for (name, section, at) in sections {
+        let text = MINIMAL.replace("[client_auth]\ntrusted_cas = [\"ca.pem\"]", section);
+        let p = problems(&text);
+        assert!(p.iter().any(|x| x.starts_with(at)), "case {name}: {p:?}");
+    }
+}
+
+#[test]
+fn server_tls_needs_exactly_one_source() {
+    let both = MINIMAL.replace("key = \"server.key\"", "key = \"server.key\"\npkcs12 = \"s.p12\"");
+    assert!(problems(&both)[0].starts_with("server_tls"));
+    let p12_without_password = MINIMAL.replace("cert = \"server.pem\"\nkey = \"server.key\"", "pkcs12 = \"s.p12\"");
+    assert!(problems(&p12_without_password)[0].contains("pkcs12_password_file"));
+    let p12 = MINIMAL.replace(
+        "cert = \"server.pem\"\nkey = \"server.key\"",
+        "pkcs12 = \"s.p12\"\npkcs12_password_file = \"s.pass\"",
+    );
+    assert!(matches!(parse(&p12).unwrap().server_tls.default, CertSource::Pkcs12 { .. }));
+}
+
+#[test]
+fn sni_names_are_validated_and_lowercased() {
+    let ok = format!("{MINIMAL}\n[[server_tls.sni]]\nserver_name = \"API.Example.org\"\ncert = \"a.pem\"\nkey = \"a.key\"\n[[server_tls.sni]]\nserver_name = \"*.example.net\"\ncert = \"b.pem\"\nkey = \"b.key\"\n");
+    let c = parse(&ok).unwrap();
+    let names: Vec<&str> = c.server_tls.sni.iter().map(|s| s.server_name.as_str()).collect();
+    assert_eq!(names, vec!["api.example.org", "*.example.net"]);
+    let bad = format!("{MINIMAL}\n[[server_tls.sni]]\nserver_name = \"bad name\"\ncert = \"a.pem\"\nkey = \"a.key\"\n");
+    assert!(problems(&bad)[0].starts_with("server_tls.sni[0].server_name"));
+}
+
+#[test]
+fn upstream_url_must_be_bare_http_or_https() {
+    for (url, ok) in [
+        ("http://127.0.0.1:8080", true),
+        ("https://api.internal", true),
+        ("http://127.0.0.1:8080/", true),
+        ("http://127.0.0.1:8080/api", false),
+        ("http://127.0.0.1:8080/?x=1", false),
+        ("127.0.0.1:8080", false),
+        ("unix:///run/x.sock", false),
+    ] {
+        let text = MINIMAL.replace("http://127.0.0.1:8080", url);
+        assert_eq!(parse(&text).is_ok(), ok, "{url}");
+    }
+    let tls_on_http = MINIMAL.replace("url = \"http://127.0.0.1:8080\"", "url = \"http://x\"\nca = \"up.pem\"");
+    assert!(problems(&tls_on_http)[0].contains("https"));
+}
+
+#[test]
+fn role_and_route_rules_are_validated() {
+    let no_matcher = format!("{MINIMAL}\n[[roles.map]]\nroles = [\"R\"]\n");
+    assert!(problems(&no_matcher)[0].contains("at least one matcher"));
+    let bad_role = format!("{MINIMAL}\n[[roles.map]]\nroles = [\"A,B\"]\ncn = \"x\"\n");
+    assert!(problems(&bad_role)[0].starts_with("roles.map[0]"));
+    let bad_route = format!("{MINIMAL}\n[[authorization.rule]]\npath = \"/a/../b\"\nroles = []\n");
+    assert!(problems(&bad_route)[0].starts_with("authorization.rule[0]"));
+    let lists = format!("{MINIMAL}\n[[roles.map]]\nroles = [\"R\"]\ncn = [\"a-*\", \"b\"]\nfingerprint_sha256 = \"AB:CD\"\n");
+    let c = parse(&lists).unwrap();
+    assert_eq!(c.roles.map[0].cn.as_ref().unwrap().len(), 2);
+    assert_eq!(c.roles.map[0].fingerprint_sha256.as_ref().unwrap()[0].as_str(), "abcd");
+}
+
+#[test]
+fn environment_overrides_any_key() {
+    let c = parse_env(
+        MINIMAL,
+        &[
+            ("CERTGATE_LISTENER__ADDRESS", "0.0.0.0:9443"),
+            ("CERTGATE_LISTENER__MAX_CONNECTIONS", "50"),
+            ("CERTGATE_RELOAD__WATCH", "false"),
+            ("CERTGATE_CLIENT_AUTH__CRLS", "[\"a.crl\", \"b.crl\"]"),
+            ("CERTGATE_LOG", "debug"),
+            ("CERTGATE_CONFIG", "/elsewhere.toml"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(c.listener.address, "0.0.0.0:9443".parse().unwrap());
+    assert_eq!(c.listener.max_connections, 50);
+    assert!(!c.reload.watch);
+    assert_eq!(c.client_auth.crls.len(), 2);
+    let typo = parse_env(MINIMAL, &[("CERTGATE_LISTENER__ADRESS", "x")]).unwrap_err();
+    assert!(typo.to_string().contains("adress"), "{typo}");
+}
+
+#[test]
+fn duration_parsing() {
+    assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+    assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+    assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+    assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+    for bad in ["", "10", "s", "1.5s", "-1s", "10 s", "10sec"] {
+        assert!(parse_duration(bad).is_err(), "{bad:?}");
+    }
+}
+
+#[test]
+fn config_lists_every_named_file() {
+    let text = MINIMAL.replace("trusted_cas = [\"ca.pem\"]", "trusted_cas = [\"ca.pem\", \"cas.d\"]\ncrls = [\"c.crl\"]");
+    let files = parse(&text).unwrap().files();
+    let names: Vec<String> = files.iter().map(|p| p.display().to_string()).collect();
+    assert_eq!(
+        names,
+        vec![
+            "/etc/certgate/certgate.toml",
+            "/etc/certgate/server.pem",
+            "/etc/certgate/server.key",
+            "/etc/certgate/ca.pem",
+            "/etc/certgate/cas.d",
+            "/etc/certgate/c.crl"
+        ]
+    );
+}
