@@ -61,18 +61,39 @@ fn paths_resolve_against_the_config_directory() {
             key: "/etc/certgate/server.key".into()
         }
     );
-    assert_eq!(c.client_auth.trusted_cas, vec![PathBuf::from("/etc/certgate/ca.pem")]);
+    assert_eq!(
+        c.client_auth.trusted_cas,
+        vec![PathBuf::from("/etc/certgate/ca.pem")]
+    );
     let abs = MINIMAL.replace("\"ca.pem\"", "\"/srv/pki/ca.pem\"");
-    assert_eq!(parse(&abs).unwrap().client_auth.trusted_cas, vec![PathBuf::from("/srv/pki/ca.pem")]);
+    assert_eq!(
+        parse(&abs).unwrap().client_auth.trusted_cas,
+        vec![PathBuf::from("/srv/pki/ca.pem")]
+    );
 }
 
 #[test]
 fn unknown_keys_are_errors_naming_the_key() {
     for (name, text) in [
-        ("top-level section", format!("{MINIMAL}\n[listner]\naddress = \"x\"\n")),
-        ("listener key", MINIMAL.replace("address = \"127.0.0.1:8443\"", "address = \"127.0.0.1:8443\"\nadress = \"x\"")),
-        ("client_auth typo", MINIMAL.replace("trusted_cas", "trusted_ca")),
-        ("role rule matcher", format!("{MINIMAL}\n[[roles.map]]\nroles = [\"R\"]\ncommon_name = \"x\"\n")),
+        (
+            "top-level section",
+            format!("{MINIMAL}\n[listner]\naddress = \"x\"\n"),
+        ),
+        (
+            "listener key",
+            MINIMAL.replace(
+                "address = \"127.0.0.1:8443\"",
+                "address = \"127.0.0.1:8443\"\nadress = \"x\"",
+            ),
+        ),
+        (
+            "client_auth typo",
+            MINIMAL.replace("trusted_cas", "trusted_ca"),
+        ),
+        (
+            "role rule matcher",
+            format!("{MINIMAL}\n[[roles.map]]\nroles = [\"R\"]\ncommon_name = \"x\"\n"),
+        ),
     ] {
         let msg = problems(&text).join("\n");
         assert!(msg.contains("unknown field"), "case {name}: {msg}");
@@ -84,13 +105,21 @@ fn unknown_keys_are_errors_naming_the_key() {
 #[test]
 fn every_problem_is_reported_in_one_pass() {
     let text = MINIMAL
-        .replace("address = \"127.0.0.1:8443\"", "address = \"nowhere\"\nhandshake_timeout = \"10\"\nmin_tls_version = \"1.1\"")
+        .replace(
+            "address = \"127.0.0.1:8443\"",
+            "address = \"nowhere\"\nhandshake_timeout = \"10\"\nmin_tls_version = \"1.1\"",
+        )
         .replace("url = \"http://127.0.0.1:8080\"", "url = \"ftp://x\"");
     let p = problems(&text);
     let at: Vec<&str> = p.iter().map(|s| s.split(':').next().unwrap()).collect();
     assert_eq!(
         at,
-        vec!["listener.address", "listener.handshake_timeout", "listener.min_tls_version", "upstream.url"],
+        vec![
+            "listener.address",
+            "listener.handshake_timeout",
+            "listener.min_tls_version",
+            "upstream.url"
+        ],
         "{p:?}"
     );
 }
@@ -98,20 +127,51 @@ fn every_problem_is_reported_in_one_pass() {
 #[test]
 fn value_validation_table() {
     let cases: &[(&str, &str, &str)] = &[
-        ("zero duration", "idle_timeout = \"0s\"", "listener.idle_timeout"),
-        ("unitless duration", "idle_timeout = \"60\"", "listener.idle_timeout"),
-        ("negative connections", "max_connections = -1", "listener.max_connections"),
-        ("huge header limit", "max_header_bytes = 99999999", "listener.max_header_bytes"),
+        (
+            "zero duration",
+            "idle_timeout = \"0s\"",
+            "listener.idle_timeout",
+        ),
+        (
+            "unitless duration",
+            "idle_timeout = \"60\"",
+            "listener.idle_timeout",
+        ),
+        (
+            "negative connections",
+            "max_connections = -1",
+            "listener.max_connections",
+        ),
+        (
+            "huge header limit",
+            "max_header_bytes = 99999999",
+            "listener.max_header_bytes",
+        ),
     ];
     for (name, line, at) in cases {
-        let text = MINIMAL.replace("address = \"127.0.0.1:8443\"", &format!("address = \"127.0.0.1:8443\"\n{line}"));
+        let text = MINIMAL.replace(
+            "address = \"127.0.0.1:8443\"",
+            &format!("address = \"127.0.0.1:8443\"\n{line}"),
+        );
         let p = problems(&text);
         assert!(p.iter().any(|x| x.starts_with(at)), "case {name}: {p:?}");
     }
     let sections: &[(&str, &str, &str)] = &[
-        ("revocation toggle", "[client_auth]\ntrusted_cas = [\"ca.pem\"]\nunknown_revocation = \"maybe\"", "client_auth.unknown_revocation"),
-        ("crl scope", "[client_auth]\ntrusted_cas = [\"ca.pem\"]\ncrl_scope = \"leaf\"", "client_auth.crl_scope"),
-        ("empty trust", "[client_auth]\ntrusted_cas = []", "client_auth.trusted_cas"),
+        (
+            "revocation toggle",
+            "[client_auth]\ntrusted_cas = [\"ca.pem\"]\nunknown_revocation = \"maybe\"",
+            "client_auth.unknown_revocation",
+        ),
+        (
+            "crl scope",
+            "[client_auth]\ntrusted_cas = [\"ca.pem\"]\ncrl_scope = \"leaf\"",
+            "client_auth.crl_scope",
+        ),
+        (
+            "empty trust",
+            "[client_auth]\ntrusted_cas = []",
+            "client_auth.trusted_cas",
+        ),
     ];
     for (name, section, at) in sections {
         let text = MINIMAL.replace("[client_auth]\ntrusted_cas = [\"ca.pem\"]", section);
@@ -122,22 +182,36 @@ fn value_validation_table() {
 
 #[test]
 fn server_tls_needs_exactly_one_source() {
-    let both = MINIMAL.replace("key = \"server.key\"", "key = \"server.key\"\npkcs12 = \"s.p12\"");
+    let both = MINIMAL.replace(
+        "key = \"server.key\"",
+        "key = \"server.key\"\npkcs12 = \"s.p12\"",
+    );
     assert!(problems(&both)[0].starts_with("server_tls"));
-    let p12_without_password = MINIMAL.replace("cert = \"server.pem\"\nkey = \"server.key\"", "pkcs12 = \"s.p12\"");
+    let p12_without_password = MINIMAL.replace(
+        "cert = \"server.pem\"\nkey = \"server.key\"",
+        "pkcs12 = \"s.p12\"",
+    );
     assert!(problems(&p12_without_password)[0].contains("pkcs12_password_file"));
     let p12 = MINIMAL.replace(
         "cert = \"server.pem\"\nkey = \"server.key\"",
         "pkcs12 = \"s.p12\"\npkcs12_password_file = \"s.pass\"",
     );
-    assert!(matches!(parse(&p12).unwrap().server_tls.default, CertSource::Pkcs12 { .. }));
+    assert!(matches!(
+        parse(&p12).unwrap().server_tls.default,
+        CertSource::Pkcs12 { .. }
+    ));
 }
 
 #[test]
 fn sni_names_are_validated_and_lowercased() {
     let ok = format!("{MINIMAL}\n[[server_tls.sni]]\nserver_name = \"API.Example.org\"\ncert = \"a.pem\"\nkey = \"a.key\"\n[[server_tls.sni]]\nserver_name = \"*.example.net\"\ncert = \"b.pem\"\nkey = \"b.key\"\n");
     let c = parse(&ok).unwrap();
-    let names: Vec<&str> = c.server_tls.sni.iter().map(|s| s.server_name.as_str()).collect();
+    let names: Vec<&str> = c
+        .server_tls
+        .sni
+        .iter()
+        .map(|s| s.server_name.as_str())
+        .collect();
     assert_eq!(names, vec!["api.example.org", "*.example.net"]);
     let bad = format!("{MINIMAL}\n[[server_tls.sni]]\nserver_name = \"bad name\"\ncert = \"a.pem\"\nkey = \"a.key\"\n");
     assert!(problems(&bad)[0].starts_with("server_tls.sni[0].server_name"));
@@ -157,7 +231,10 @@ fn upstream_url_must_be_bare_http_or_https() {
         let text = MINIMAL.replace("http://127.0.0.1:8080", url);
         assert_eq!(parse(&text).is_ok(), ok, "{url}");
     }
-    let tls_on_http = MINIMAL.replace("url = \"http://127.0.0.1:8080\"", "url = \"http://x\"\nca = \"up.pem\"");
+    let tls_on_http = MINIMAL.replace(
+        "url = \"http://127.0.0.1:8080\"",
+        "url = \"http://x\"\nca = \"up.pem\"",
+    );
     assert!(problems(&tls_on_http)[0].contains("https"));
 }
 
@@ -172,7 +249,10 @@ fn role_and_route_rules_are_validated() {
     let lists = format!("{MINIMAL}\n[[roles.map]]\nroles = [\"R\"]\ncn = [\"a-*\", \"b\"]\nfingerprint_sha256 = \"AB:CD\"\n");
     let c = parse(&lists).unwrap();
     assert_eq!(c.roles.map[0].cn.as_ref().unwrap().len(), 2);
-    assert_eq!(c.roles.map[0].fingerprint_sha256.as_ref().unwrap()[0].as_str(), "abcd");
+    assert_eq!(
+        c.roles.map[0].fingerprint_sha256.as_ref().unwrap()[0].as_str(),
+        "abcd"
+    );
 }
 
 #[test]
@@ -210,7 +290,10 @@ fn duration_parsing() {
 
 #[test]
 fn config_lists_every_named_file() {
-    let text = MINIMAL.replace("trusted_cas = [\"ca.pem\"]", "trusted_cas = [\"ca.pem\", \"cas.d\"]\ncrls = [\"c.crl\"]");
+    let text = MINIMAL.replace(
+        "trusted_cas = [\"ca.pem\"]",
+        "trusted_cas = [\"ca.pem\", \"cas.d\"]\ncrls = [\"c.crl\"]",
+    );
     let files = parse(&text).unwrap().files();
     let names: Vec<String> = files.iter().map(|p| p.display().to_string()).collect();
     assert_eq!(
