@@ -78,7 +78,11 @@ fn url_encoded_pem(der: &[u8]) -> String {
         .remove(b'.')
         .remove(b'_')
         .remove(b'~');
-    let pem = pem::encode(&pem::Pem::new("CERTIFICATE", der.to_vec()));
+    // LF line endings, as nginx's `$ssl_client_escaped_cert` has them.
+    let pem = pem::encode_config(
+        &pem::Pem::new("CERTIFICATE", der.to_vec()),
+        pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
+    );
     percent_encoding::utf8_percent_encode(&pem, KEEP).to_string()
 }
 
@@ -120,29 +124,34 @@ fn is_spoofable(name: &HeaderName) -> bool {
 }
 
 /// Connection-level headers that apply to one hop only (RFC 9110 §7.6.1).
+const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authorization",
+    "proxy-authenticate",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
 fn is_hop_by_hop(name: &HeaderName) -> bool {
-    matches!(
-        name.as_str(),
-        "connection"
-            | "keep-alive"
-            | "proxy-connection"
-            | "proxy-authorization"
-            | "proxy-authenticate"
-            | "te"
-            | "trailer"
-            | "transfer-encoding"
-            | "upgrade"
-    )
+    HOP_BY_HOP.contains(&name.as_str())
 }
 
 /// Removes hop-by-hop headers, including those the `Connection` header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // `Connection: keep-alive` on nearly every request and upstream response
+    // names a header removed below anyway: skip parsing it (an allocation).
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .map(str::trim)
+        .filter(|t| !HOP_BY_HOP.iter().any(|h| t.eq_ignore_ascii_case(h)))
+        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
         .collect();
     for name in named {
         headers.remove(name);
@@ -151,12 +160,9 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 fn remove_where(headers: &mut HeaderMap, pred: fn(&HeaderName) -> bool) {
-    // Most requests carry none: scan first, allocate only when needed.
-    if !headers.keys().any(pred) {
-        return;
-    }
-    let doomed: Vec<HeaderName> = headers.keys().filter(|n| pred(n)).cloned().collect();
-    for name in doomed {
+    // Usually none or one (`connection`) matches: rescanning a short map
+    // per removal is cheaper than collecting the names into a Vec.
+    while let Some(name) = headers.keys().find(|n| pred(n)).cloned() {
         headers.remove(name);
     }
 }
@@ -166,8 +172,14 @@ pub struct Forwarding<'a> {
     pub identity: &'a IdentityHeaders,
     pub roles: &'a HeaderValue,
     pub options: IdentityConfig,
-    pub peer_ip: IpAddr,
+    /// [`forwarded_for`] of the client, made once per connection.
+    pub forwarded_for: &'a HeaderValue,
     pub request_id: &'a HeaderValue,
+}
+
+/// The `x-forwarded-for` value for a client address.
+pub fn forwarded_for(peer_ip: IpAddr) -> HeaderValue {
+    value(&peer_ip.to_string())
 }
 
 /// Rewrites an incoming request's headers into what the upstream receives.
@@ -184,7 +196,7 @@ pub fn prepare_request_headers(headers: &mut HeaderMap, f: &Forwarding<'_>) {
     if f.options.xfcc {
         headers.insert(&X_FORWARDED_CLIENT_CERT, f.identity.xfcc.clone());
     }
-    headers.insert(&X_FORWARDED_FOR, value(&f.peer_ip.to_string()));
+    headers.insert(&X_FORWARDED_FOR, f.forwarded_for.clone());
     headers.insert(&X_FORWARDED_PROTO, HTTPS.clone());
     headers.insert(&X_REQUEST_ID, f.request_id.clone());
 }
@@ -249,7 +261,7 @@ mod tests {
                 identity: &ids,
                 roles: &roles,
                 options: IdentityConfig::default(),
-                peer_ip: "127.0.0.9".parse().unwrap(),
+                forwarded_for: &forwarded_for("127.0.0.9".parse().unwrap()),
                 request_id: &rid,
             },
         );
@@ -277,7 +289,7 @@ mod tests {
                 identity: &ids,
                 roles: &roles,
                 options: IdentityConfig { forward_cert: true, xfcc: true },
-                peer_ip: "::1".parse().unwrap(),
+                forwarded_for: &forwarded_for("::1".parse().unwrap()),
                 request_id: &rid,
             },
         );
@@ -292,7 +304,7 @@ mod tests {
     #[test]
     fn hop_by_hop_and_connection_named_headers_are_removed() {
         let mut h = HeaderMap::new();
-        h.insert("connection", HeaderValue::from_static("keep-alive, x-secret"));
+        h.insert("connection", HeaderValue::from_static("Keep-Alive, X-Secret"));
         h.insert("x-secret", HeaderValue::from_static("1"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert("upgrade", HeaderValue::from_static("websocket"));

@@ -43,7 +43,9 @@ fn keypair(kind: KeyKind) -> KeyPair {
         KeyKind::P256 => KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256),
         KeyKind::P384 => KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384),
         KeyKind::Ed25519 => KeyPair::generate_for(&rcgen::PKCS_ED25519),
-        KeyKind::Rsa2048 => KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_2048),
+        KeyKind::Rsa2048 => {
+            KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_2048)
+        }
     }
     .expect("key generation")
 }
@@ -86,7 +88,9 @@ impl TestCa {
     pub fn intermediate(&self, cn: &str) -> TestCa {
         let params = ca_params(cn);
         let key = keypair(KeyKind::P256);
-        let cert = params.signed_by(&key, &self.issuer).expect("sign intermediate");
+        let cert = params
+            .signed_by(&key, &self.issuer)
+            .expect("sign intermediate");
         TestCa {
             pem: cert.pem(),
             der: cert.der().clone(),
@@ -147,7 +151,11 @@ fn ca_params(cn: &str) -> CertificateParams {
     dn.push(DnType::CommonName, cn);
     p.distinguished_name = dn;
     p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    p.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
     p.not_before = now - time::Duration::days(1);
     p.not_after = now + time::Duration::days(365);
     p.serial_number = Some(next_serial());
@@ -218,15 +226,26 @@ impl LeafSpec {
         for ou in &self.ou {
             dn.push(DnType::OrganizationalUnitName, ou.as_str());
         }
-        dn.push(DnType::CommonName, rcgen::DnValue::Utf8String(self.cn.clone()));
+        dn.push(
+            DnType::CommonName,
+            rcgen::DnValue::Utf8String(self.cn.clone()),
+        );
         p.distinguished_name = dn;
         p.subject_alt_names = self
             .dns
             .iter()
             .map(|d| SanType::DnsName(d.clone().try_into().expect("dns name")))
             .chain(self.ips.iter().map(|ip| SanType::IpAddress(*ip)))
-            .chain(self.uris.iter().map(|u| SanType::URI(u.clone().try_into().expect("uri"))))
-            .chain(self.emails.iter().map(|e| SanType::Rfc822Name(e.clone().try_into().expect("email"))))
+            .chain(
+                self.uris
+                    .iter()
+                    .map(|u| SanType::URI(u.clone().try_into().expect("uri"))),
+            )
+            .chain(
+                self.emails
+                    .iter()
+                    .map(|e| SanType::Rfc822Name(e.clone().try_into().expect("email"))),
+            )
             .collect();
         p.extended_key_usages = match self.eku {
             Eku::Client => vec![ExtendedKeyUsagePurpose::ClientAuth],
@@ -274,7 +293,10 @@ impl Leaf {
 
     /// SHA-256 of the DER, lowercase hex (what `x-client-fingerprint` carries).
     pub fn fingerprint(&self) -> String {
-        hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &self.der))
+        hex::encode(aws_lc_rs::digest::digest(
+            &aws_lc_rs::digest::SHA256,
+            &self.der,
+        ))
     }
 
     /// Serial as lowercase hex without leading zeros (`x-client-serial`).
@@ -463,9 +485,17 @@ impl Gateway {
         let Some(addr) = addr else {
             let _ = child.kill();
             std::thread::sleep(Duration::from_millis(200));
-            panic!("certgate did not start; logs:\n{}", logs.lock().unwrap().join("\n"));
+            panic!(
+                "certgate did not start; logs:\n{}",
+                logs.lock().unwrap().join("\n")
+            );
         };
-        Gateway { child, addr, admin, logs }
+        Gateway {
+            child,
+            addr,
+            admin,
+            logs,
+        }
     }
 
     pub fn pid(&self) -> u32 {
@@ -542,7 +572,10 @@ pub fn http_get_plain(addr: SocketAddr, path: &str) -> (u16, String) {
         .nth(1)
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
-    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    let body = buf
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
     (status, body)
 }
 
@@ -620,9 +653,10 @@ impl TestClient {
             .with_root_certificates(roots);
         let mut config = match leaf {
             Some(leaf) => {
-                let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(leaf.chain_pem.as_bytes())
-                    .map(|c| c.unwrap())
-                    .collect();
+                let chain: Vec<CertificateDer<'static>> =
+                    CertificateDer::pem_slice_iter(leaf.chain_pem.as_bytes())
+                        .map(|c| c.unwrap())
+                        .collect();
                 let key = PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes()).unwrap();
                 builder.with_client_auth_cert(chain, key).unwrap()
             }
@@ -642,7 +676,9 @@ impl TestClient {
     /// usually surfaces on the first request (TLS 1.3 sends the server's
     /// verdict after the client considers the handshake done).
     pub async fn connect(&self, addr: SocketAddr) -> Result<Conn, String> {
-        let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+        let tcp = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| e.to_string())?;
         let connector = tokio_rustls::TlsConnector::from(self.config.clone());
         let tls = connector
             .connect(ServerName::try_from("localhost").unwrap(), tcp)
@@ -651,7 +687,9 @@ impl TestClient {
         let io = TokioIo::new(tls);
         let sender = match self.proto {
             Proto::Http1 => {
-                let (sender, conn) = hyper::client::conn::http1::handshake(io).await.map_err(|e| e.to_string())?;
+                let (sender, conn) = hyper::client::conn::http1::handshake(io)
+                    .await
+                    .map_err(|e| e.to_string())?;
                 tokio::spawn(conn);
                 Sender::H1(sender)
             }
@@ -680,7 +718,10 @@ impl TestClient {
         headers: &[(&str, &str)],
         body: Bytes,
     ) -> Result<Reply, String> {
-        self.connect(addr).await?.request(method, path, headers, body).await
+        self.connect(addr)
+            .await?
+            .request(method, path, headers, body)
+            .await
     }
 }
 
@@ -728,7 +769,12 @@ impl Conn {
                 s.send_request(req).await
             }
         }
-        .map_err(|e| format!("{e} ({:?})", std::error::Error::source(&e).map(|s| s.to_string())))?;
+        .map_err(|e| {
+            format!(
+                "{e} ({:?})",
+                std::error::Error::source(&e).map(|s| s.to_string())
+            )
+        })?;
         let (parts, body) = resp.into_parts();
         let body = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
         Ok(Reply {
@@ -741,11 +787,112 @@ impl Conn {
 
 /// Whether `curl` is installed (tests that drive it skip with a message otherwise).
 pub fn have(tool: &str) -> bool {
-    Command::new(tool)
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
+    // `openssl` answers `version`; most other tools `--version`.
+    ["--version", "version"].iter().any(|arg| {
+        Command::new(tool)
+            .arg(arg)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false)
+    })
+}
+
+// ------------------------------------------ raw TLS and HTTP/2 streams ----
+
+impl TestClient {
+    /// The bare TLS connection, for checking what ALPN chose or writing
+    /// hand-made HTTP/1.1 bytes (header-name case, targets hyper's client
+    /// would not send).
+    pub async fn tls(
+        &self,
+        addr: SocketAddr,
+    ) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, String> {
+        let tcp = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio_rustls::TlsConnector::from(self.config.clone())
+            .connect(ServerName::try_from("localhost").unwrap(), tcp)
+            .await
+            .map_err(|e| e.to_string())
+    }
+}
+
+impl Conn {
+    /// Another handle on the same HTTP/2 connection, so that several streams
+    /// can be in flight at once; `None` for HTTP/1.1, which cannot multiplex.
+    pub fn h2_handle(&self) -> Option<Conn> {
+        match &self.sender {
+            Sender::H2(s) => Some(Conn {
+                sender: Sender::H2(s.clone()),
+            }),
+            Sender::H1(_) => None,
+        }
+    }
+}
+
+// ------------------------------------------- server certificate rotation ----
+
+impl TestClient {
+    /// The serial (lowercase hex, as [`Leaf::serial_hex`]) of the server
+    /// certificate the gateway presents on a new connection. Resumption is
+    /// off so that every call is a full handshake, not the certificate
+    /// remembered from an earlier one.
+    pub async fn served_serial(&self, addr: SocketAddr) -> Result<String, String> {
+        let mut config = (*self.config).clone();
+        config.resumption = rustls::client::Resumption::disabled();
+        let tcp = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| e.to_string())?;
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(ServerName::try_from("localhost").unwrap(), tcp)
+            .await
+            .map_err(|e| e.to_string())?;
+        let leaf = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+            .ok_or("the server sent no certificate")?;
+        let (_, cert) = x509_parser::parse_x509_certificate(leaf).map_err(|e| e.to_string())?;
+        Ok(hex::encode(cert.tbs_certificate.raw_serial())
+            .trim_start_matches('0')
+            .to_owned())
+    }
+
+    /// Polls [`TestClient::served_serial`] until the gateway serves `serial`.
+    pub async fn wait_for_serial(
+        &self,
+        addr: SocketAddr,
+        serial: &str,
+        timeout: Duration,
+    ) -> Result<(), String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let seen = self.served_serial(addr).await;
+            if seen.as_deref() == Ok(serial) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "served {seen:?} after {timeout:?}, expected serial {serial}"
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+}
+
+impl Setup {
+    /// Issues a new server certificate from `server_ca` and renames it over
+    /// `server.pem`, then its key over `server.key`, as a deploy tool does:
+    /// both land within one `reload.debounce` window. Before `start()`, this
+    /// is how a test learns the serial of the first certificate.
+    pub fn rotate_server_cert(&self) -> Leaf {
+        let leaf = self.server_ca.issue(&LeafSpec::server());
+        replace_atomically(self.path(), "server.pem", &leaf.chain_pem);
+        replace_atomically(self.path(), "server.key", &leaf.key_pem);
+        leaf
+    }
 }
