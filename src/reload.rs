@@ -1,17 +1,20 @@
 //! Hot reload. Triggers: file events in the parent directories of the
 //! config file and every file it names (so renames, `mv`, in-place writes
-//! and Kubernetes `..data` symlink swaps are all seen; event kinds are never
-//! filtered), SIGHUP, and a slow poll as a safety net. After a burst of
-//! events settles (`reload.debounce`), the config and every file are loaded
-//! together into a new [`State`]; only a complete, valid state is swapped
-//! in. A failure keeps the old state serving and is retried on the next
-//! trigger (a half-written cert/key pair is usually fixed by the next event).
+//! and Kubernetes `..data` symlink swaps are all seen; every event kind but
+//! a plain read counts), SIGHUP, and a slow poll as a safety net. After a
+//! burst of events settles (`reload.debounce`), the config and every file
+//! are loaded together into a new [`State`]; only a complete, valid state is
+//! swapped in. A content digest skips reloads when nothing changed. A
+//! failure keeps the old state serving and is retried when the files change
+//! again (a cert/key pair written in two steps fails once, then loads when
+//! the second file lands), not on every poll.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use notify::event::{AccessKind, AccessMode, EventKind};
 use notify::{RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
@@ -29,19 +32,37 @@ pub enum Trigger {
     Signal,
 }
 
-/// Runs until the process exits. `signals` delivers SIGHUP triggers.
-pub async fn run(gw: Arc<Gateway>, config_path: PathBuf, mut signals: mpsc::Receiver<()>) {
+/// Takes the digest of the files as they are now and arms the file watcher,
+/// then returns the reload loop, which runs until the process exits.
+/// `signals` delivers SIGHUP triggers. The arming happens in this call,
+/// before the caller reports the daemon ready, so that a file replaced right
+/// after readiness raises an event; a change between the digest and the
+/// arming still differs from the digest and is found by the poll.
+pub fn run(
+    gw: Arc<Gateway>,
+    config_path: PathBuf,
+    signals: mpsc::Receiver<()>,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
     let started = gw.state().config.clone();
-    let mut reloader = Reloader {
+    let reloader = Reloader {
         digest: digest_files(&config_path, &started),
+        failed: None,
         gw,
         config_path,
-        started,
+        started: started.clone(),
     };
-    let (events_tx, mut events) = mpsc::channel::<()>(1);
+    let (events_tx, events) = mpsc::channel::<()>(1);
     let mut watch = WatchSet::new(events_tx);
-    watch.rearm(&reloader.current_config(), reloader.current_config().reload.watch);
+    watch.rearm(&started, started.reload.watch);
+    reload_loop(reloader, watch, events, signals)
+}
 
+async fn reload_loop(
+    mut reloader: Reloader,
+    mut watch: WatchSet,
+    mut events: mpsc::Receiver<()>,
+    mut signals: mpsc::Receiver<()>,
+) {
     loop {
         let cfg = reloader.current_config();
         let poll = tokio::time::sleep(cfg.reload.poll_interval);
@@ -79,6 +100,10 @@ struct Reloader {
     started: Arc<Config>,
     /// Digest of the config and every file it names, as last loaded.
     digest: [u8; 32],
+    /// Digest of the files as they were when the last load failed: the
+    /// poll does not retry (and log again) the same content; the next
+    /// change, or SIGHUP, does.
+    failed: Option<[u8; 32]>,
 }
 
 impl Reloader {
@@ -89,16 +114,30 @@ impl Reloader {
     fn reload(&mut self, trigger: Trigger) {
         let current = self.gw.state();
         let digest = digest_files(&self.config_path, &current.config);
-        if trigger == Trigger::Files && digest == self.digest {
+        // After a failure, only the failed content counts as unchanged:
+        // files put back as they were are loaded again, which clears the
+        // failure from /status and the metrics.
+        let unchanged = match self.failed {
+            Some(failed) => digest == failed,
+            None => digest == self.digest,
+        };
+        if trigger == Trigger::Files && unchanged {
             return;
         }
         crate::systemd::reloading();
         let result = self.build(current.generation + 1);
         match result {
             Ok(state) => {
-                // Digest what was actually loaded, so a file that changed
-                // since is seen on the next trigger.
-                self.digest = digest_files(&self.config_path, &state.config);
+                // Remember the digest taken before the build: the state is
+                // at least that new, so a file replaced while building still
+                // differs from it and is loaded on the next trigger, where a
+                // digest taken now could already cover it and hide it. Only
+                // a config that names other files needs a digest of those.
+                self.digest = if state.config.files() == current.config.files() {
+                    digest
+                } else {
+                    digest_files(&self.config_path, &state.config)
+                };
                 tracing::info!(
                     generation = state.generation,
                     trigger = ?trigger,
@@ -106,14 +145,16 @@ impl Reloader {
                     crls = state.crls.len(),
                     "reloaded"
                 );
+                self.failed = None;
                 self.gw.metrics.reload(true);
                 self.gw.install(state);
             }
             Err(error) => {
-                // Keep the digest as it was so the same change is retried.
+                self.failed = Some(digest);
                 tracing::error!(generation = current.generation, trigger = ?trigger, %error, "reload failed; previous state keeps serving");
                 self.gw.metrics.reload(false);
-                self.gw.record_reload_failure(error, crate::clock::unix_now());
+                self.gw
+                    .record_reload_failure(error, crate::clock::unix_now());
             }
         }
         crate::systemd::ready(&self.gw.state());
@@ -171,7 +212,9 @@ impl WatchSet {
             return;
         }
         let wanted = watch_dirs(config);
-        let broken = self.broken.swap(false, std::sync::atomic::Ordering::Relaxed);
+        let broken = self
+            .broken
+            .swap(false, std::sync::atomic::Ordering::Relaxed);
         if broken || self.watcher.is_none() {
             self.watcher = self.new_watcher();
             self.dirs.clear();
@@ -184,13 +227,16 @@ impl WatchSet {
         }
         let mut armed = BTreeSet::new();
         for dir in &wanted {
-            // Re-watching is cheap and repairs a watch lost to a directory swap.
-            let _ = watcher.unwatch(dir);
+            // Watching again is cheap and repairs a watch lost to a directory
+            // swap (the path now names another inode). No unwatch first: that
+            // would leave a gap in which a rename goes unseen.
             match watcher.watch(dir, RecursiveMode::NonRecursive) {
                 Ok(()) => {
                     armed.insert(dir.clone());
                 }
-                Err(e) => tracing::warn!(dir = %dir.display(), error = %e, "cannot watch directory; relying on SIGHUP and polling for it"),
+                Err(e) => {
+                    tracing::warn!(dir = %dir.display(), error = %e, "cannot watch directory; relying on SIGHUP and polling for it")
+                }
             }
         }
         self.dirs = armed;
@@ -200,12 +246,17 @@ impl WatchSet {
         let events = self.events.clone();
         let broken = self.broken.clone();
         let handler = move |event: notify::Result<notify::Event>| {
-            if let Err(e) = &event {
-                tracing::warn!(error = %e, "file watcher error; it will be rebuilt");
-                broken.store(true, std::sync::atomic::Ordering::Relaxed);
+            match &event {
+                Ok(event) if !may_change_content(&event.kind) => return,
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "file watcher error; it will be rebuilt");
+                    broken.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
             }
-            // Any event, or an error, means "maybe changed". A full channel
-            // already holds a pending trigger, so dropping this one is fine.
+            // Any other event, or an error, means "maybe changed". A full
+            // channel already holds a pending trigger, so dropping this one
+            // is fine.
             let _ = events.try_send(());
         };
         match notify::recommended_watcher(handler) {
@@ -215,6 +266,19 @@ impl WatchSet {
                 None
             }
         }
+    }
+}
+
+/// Whether an event can mean that a file's content changed. Every kind
+/// does (creates, renames, writes, attribute changes, removals: a symlink
+/// swap may show up as any of them) except a read: inotify reports each
+/// open, and the reloader's own reads would otherwise trigger the next
+/// reload attempt, forever.
+fn may_change_content(kind: &EventKind) -> bool {
+    match kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) => false,
+        _ => true,
     }
 }
 
@@ -263,4 +327,54 @@ fn digest_files(config_path: &Path, config: &Config) -> [u8; 32] {
     let mut out = [0u8; 32];
     out.copy_from_slice(ctx.finish().as_ref());
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use notify::event::{CreateKind, DataChange, MetadataKind, ModifyKind, RemoveKind, RenameMode};
+
+    #[test]
+    fn only_reads_are_not_changes() {
+        let cases = [
+            (
+                "open",
+                EventKind::Access(AccessKind::Open(AccessMode::Any)),
+                false,
+            ),
+            ("read", EventKind::Access(AccessKind::Read), false),
+            (
+                "close after read",
+                EventKind::Access(AccessKind::Close(AccessMode::Read)),
+                false,
+            ),
+            (
+                "close after write",
+                EventKind::Access(AccessKind::Close(AccessMode::Write)),
+                true,
+            ),
+            (
+                "rename over",
+                EventKind::Modify(ModifyKind::Name(RenameMode::To)),
+                true,
+            ),
+            (
+                "write",
+                EventKind::Modify(ModifyKind::Data(DataChange::Any)),
+                true,
+            ),
+            (
+                "chmod",
+                EventKind::Modify(ModifyKind::Metadata(MetadataKind::Any)),
+                true,
+            ),
+            ("create", EventKind::Create(CreateKind::File), true),
+            ("remove", EventKind::Remove(RemoveKind::File), true),
+            ("unknown", EventKind::Any, true),
+            ("other", EventKind::Other, true),
+        ];
+        for (name, kind, change) in cases {
+            assert_eq!(may_change_content(&kind), change, "{name}");
+        }
+    }
 }
