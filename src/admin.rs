@@ -69,6 +69,8 @@ fn status(gw: &Gateway) -> Response<Full<Bytes>> {
         "version": env!("CARGO_PKG_VERSION"),
         "generation": state.generation,
         "draining": gw.is_draining(),
+        "upstream": state.config.upstream.url.to_string(),
+        "connections_active": gw.metrics.connections_active.get(),
         "loaded_at": crate::identity::rfc3339(state.loaded_at_unix),
         "last_reload": {
             "attempt": reload.last_attempt_unix.map(crate::identity::rfc3339),
@@ -79,8 +81,10 @@ fn status(gw: &Gateway) -> Response<Full<Bytes>> {
         "crls": state.crls,
     });
     let mut resp = text(StatusCode::OK, &format!("{body:#}\n"));
-    resp.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     resp
 }
 

@@ -27,19 +27,27 @@ enum Command {
         config: Option<PathBuf>,
     },
     /// Validate the config and every file it names; print what would be loaded.
+    ///
+    /// Exit 0 if valid, 2 (naming the file and the reason) if not.
     Check {
+        /// Config file [default: $CERTGATE_CONFIG, then /etc/certgate/certgate.toml]
         #[arg(short, long)]
         config: Option<PathBuf>,
     },
     /// Verify a client certificate as the gateway would and explain the decision.
+    ///
+    /// Exit 0 allowed, 1 refused or denied, 2 bad input.
     Explain {
+        /// Config file [default: $CERTGATE_CONFIG, then /etc/certgate/certgate.toml]
         #[arg(short, long)]
         config: Option<PathBuf>,
         /// PEM file with the client certificate (and any intermediates after it).
         #[arg(long)]
         cert: PathBuf,
+        /// Request path to decide for (normalized as the gateway does).
         #[arg(long, default_value = "/")]
         path: String,
+        /// Request method to decide for.
         #[arg(long, default_value = "GET")]
         method: String,
     },
@@ -118,6 +126,8 @@ fn dev_pki(out: &Path) -> ExitCode {
     match devpki::generate(out) {
         Ok(()) => {
             println!("wrote a development PKI and certgate.toml to {}", out.display());
+            println!("  CA: ca.pem / ca.key; CRL: crl.pem; server: server.pem / server.key");
+            println!("  PKCS#12: server.p12 (password in server.p12.password), ca-truststore.p12 (no password)");
             for (name, what) in devpki::CLIENTS {
                 println!("  client {name}: {name}.pem / {name}.key ({what})");
             }

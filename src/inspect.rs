@@ -7,11 +7,13 @@ use std::fmt::Write as _;
 use std::path::Path;
 use std::sync::Arc;
 
+use http::Method;
 use rustls::pki_types::UnixTime;
 
-use crate::config::Config;
+use crate::config::{Config, TlsVersion};
 use crate::identity::Identity;
-use crate::policy::{normalize_path, Decision};
+use crate::policy::{normalize_path, AuthzDefault, Decision, Roles, Route};
+use crate::proxy::{INTERNAL_PREFIX, WHOAMI};
 use crate::state::State;
 use crate::tls::{load, verify::classify_rustls};
 
@@ -37,55 +39,102 @@ pub fn load(path: &Path) -> Result<State, String> {
 /// The summary `check` prints for a valid configuration.
 pub fn summary(state: &State) -> String {
     let cfg = &state.config;
-    let now = crate::clock::unix_now();
     let mut out = String::new();
     let _ = writeln!(out, "configuration {} is valid", cfg.path.display());
-    let _ = writeln!(out, "listener: {} (TLS >= {:?}), admin: {}", cfg.listener.address, cfg.listener.min_tls_version,
-        cfg.admin.address.map(|a| a.to_string()).unwrap_or_else(|| "disabled".into()));
+    let tls = match cfg.listener.min_tls_version {
+        TlsVersion::V1_2 => "1.2",
+        TlsVersion::V1_3 => "1.3",
+    };
+    let admin = cfg
+        .admin
+        .address
+        .map_or_else(|| "disabled".into(), |a| a.to_string());
+    let _ = writeln!(
+        out,
+        "listener: {} (TLS >= {tls}), admin: {admin}",
+        cfg.listener.address
+    );
     let _ = writeln!(out, "upstream: {}", cfg.upstream.url);
     let _ = writeln!(out, "certificates:");
+    let now = crate::clock::unix_now();
     for c in &state.certs {
-        let days = (c.not_after_unix - now) / 86_400;
-        let warn = if c.not_after_unix < now {
-            "  EXPIRED".to_owned()
-        } else if days < EXPIRY_WARNING_DAYS {
-            format!("  WARNING: expires in {days} days")
-        } else {
-            String::new()
-        };
-        let name = c.server_name.as_deref().map(|n| format!(" [{n}]")).unwrap_or_default();
+        let name = c
+            .server_name
+            .as_deref()
+            .map(|n| format!(" [{n}]"))
+            .unwrap_or_default();
         let _ = writeln!(
             out,
-            "  {}{}: {}  key={}  sans=[{}]  not_after={}{}  ({})",
-            c.kind, name, c.subject, c.key_type, c.dns_names.join(","), c.not_after, warn, c.file.display()
+            "  {}{name}: {}  key={}  sans=[{}]  not_after={}{}  ({})",
+            c.kind,
+            c.subject,
+            c.key_type,
+            c.dns_names.join(","),
+            c.not_after,
+            expiry_warning(c.not_after_unix, now),
+            c.file.display()
         );
     }
     let _ = writeln!(out, "crls:");
     for crl in &state.crls {
-        let _ = writeln!(out, "  {}: {} revoked, next_update={}  ({})", crl.issuer, crl.revoked,
-            crl.next_update.as_deref().unwrap_or("none"), crl.file.display());
+        let _ = writeln!(
+            out,
+            "  {}: {} revoked, next_update={}  ({})",
+            crl.issuer,
+            crl.revoked,
+            crl.next_update.as_deref().unwrap_or("none"),
+            crl.file.display()
+        );
     }
     if state.crls.is_empty() {
         let _ = writeln!(out, "  none (revocation is not checked)");
     }
-    let _ = writeln!(out, "roles: default=[{}] audit=[{}]", cfg.roles.default.join(","), cfg.roles.audit.join(","));
+    let _ = writeln!(
+        out,
+        "roles: default=[{}] audit=[{}]",
+        cfg.roles.default.join(","),
+        cfg.roles.audit.join(",")
+    );
     for (i, r) in state.roles.rules().iter().enumerate() {
         let _ = writeln!(out, "  map[{i}]: {}", r.describe());
     }
-    let _ = writeln!(out, "authorization: default={:?}", cfg.authorization.default);
+    let default = match cfg.authorization.default {
+        AuthzDefault::Deny => "deny",
+        AuthzDefault::Authenticated => "authenticated",
+    };
+    let _ = writeln!(out, "authorization: default={default}");
     for (i, r) in state.authz.routes().iter().enumerate() {
         let _ = writeln!(out, "  rule[{i}]: {}", describe_route(r));
     }
     out
 }
 
-fn describe_route(r: &crate::policy::Route) -> String {
-    let methods = r.methods.as_ref().map(|m| m.join(",")).unwrap_or_else(|| "*".into());
-    let roles = if r.roles.is_empty() { "any verified client".to_owned() } else { r.roles.join("|") };
+fn expiry_warning(not_after_unix: i64, now: i64) -> String {
+    let days = (not_after_unix - now) / 86_400;
+    if not_after_unix < now {
+        "  EXPIRED".to_owned()
+    } else if days < EXPIRY_WARNING_DAYS {
+        format!("  WARNING: expires in {days} days")
+    } else {
+        String::new()
+    }
+}
+
+fn describe_route(r: &Route) -> String {
+    let methods = r
+        .methods
+        .as_ref()
+        .map_or_else(|| "*".into(), |m| m.join(","));
+    let roles = if r.roles.is_empty() {
+        "any verified client".to_owned()
+    } else {
+        r.roles.join("|")
+    };
     format!("{} {} => {}", methods, r.path, roles)
 }
 
 /// Outcome of `explain`: the report to print and whether access is allowed.
+#[derive(Debug)]
 pub struct Explanation {
     pub report: String,
     pub allowed: bool,
@@ -95,11 +144,84 @@ pub struct Explanation {
 /// decides `method path` for it.
 ///
 /// # Errors
-/// The certificate file cannot be read.
-pub fn explain(state: &State, cert_file: &Path, path: &str, method: &str) -> Result<Explanation, String> {
+/// Bad input: the certificate file cannot be read or parsed, or `method`
+/// is not an HTTP method token.
+pub fn explain(
+    state: &State,
+    cert_file: &Path,
+    path: &str,
+    method: &str,
+) -> Result<Explanation, String> {
+    // Uppercased for convenience (`--method post`); the gateway itself
+    // compares methods exactly as the client sent them.
+    let method = Method::from_bytes(method.to_ascii_uppercase().as_bytes())
+        .map_err(|_| format!("--method {method:?} is not an HTTP method"))?;
     let chain = load::load_cert_chain(cert_file).map_err(|e| e.to_string())?;
+    let identity =
+        Identity::from_der(&chain[0]).map_err(|e| format!("{}: {e}", cert_file.display()))?;
+    let mut out = identity_report(&identity);
+
+    if let Err(e) = state
+        .verifier
+        .verify_client_cert(&chain[0], &chain[1..], UnixTime::now())
+    {
+        let _ = writeln!(
+            out,
+            "chain:       REFUSED ({}): {e}",
+            classify_rustls(&e).label()
+        );
+        let _ = writeln!(out, "decision:    DENY (the handshake would fail)");
+        return Ok(Explanation {
+            report: out,
+            allowed: false,
+        });
+    }
+    let _ = writeln!(
+        out,
+        "chain:       verified against {} trusted CA certificate(s), {} CRL(s)",
+        state.certs.iter().filter(|c| c.kind == "client_ca").count(),
+        state.crls.len()
+    );
+
+    let roles = state.roles.roles_for(&identity);
+    let _ = writeln!(
+        out,
+        "default roles: [{}]",
+        state.config.roles.default.join(", ")
+    );
+    for i in &roles.matched_rules {
+        let _ = writeln!(
+            out,
+            "matched map[{i}]: {}",
+            state.roles.rules()[*i].describe()
+        );
+    }
+    if roles.matched_rules.is_empty() {
+        let _ = writeln!(out, "matched rules: none");
+    }
+    let _ = writeln!(out, "roles:       [{}]", roles.joined());
+
+    // The gateway authorizes the path alone; a query string never matters.
+    let path = path.split_once('?').map_or(path, |(p, _)| p);
+    let (allowed, line) = match normalize_path(path) {
+        Ok(normalized) => {
+            let _ = writeln!(out, "request:     {method} {normalized}");
+            decide(state, &normalized, &method, &roles)
+        }
+        Err(e) => {
+            let _ = writeln!(out, "request:     {method} {path}");
+            (false, format!("DENY (400: {e})"))
+        }
+    };
+    let _ = writeln!(out, "decision:    {line}");
+    Ok(Explanation {
+        report: out,
+        allowed,
+    })
+}
+
+fn identity_report(identity: &Identity) -> String {
     let mut out = String::new();
-    let identity = Identity::from_der(&chain[0]).map_err(|e| format!("{}: {e}", cert_file.display()))?;
     let _ = writeln!(out, "subject:     {}", identity.subject);
     let _ = writeln!(out, "issuer:      {}", identity.issuer);
     let _ = writeln!(out, "serial:      {}", identity.serial);
@@ -107,45 +229,53 @@ pub fn explain(state: &State, cert_file: &Path, path: &str, method: &str) -> Res
     let _ = writeln!(out, "san dns:     [{}]", identity.dns.join(", "));
     let _ = writeln!(out, "san uri:     [{}]", identity.uri.join(", "));
     let _ = writeln!(out, "san email:   [{}]", identity.email.join(", "));
-    let _ = writeln!(out, "spiffe id:   {}", identity.spiffe_id.as_deref().unwrap_or("-"));
-    let _ = writeln!(out, "validity:    {} .. {}", identity.not_before, identity.not_after);
+    let _ = writeln!(
+        out,
+        "spiffe id:   {}",
+        identity.spiffe_id.as_deref().unwrap_or("-")
+    );
+    let _ = writeln!(
+        out,
+        "validity:    {} .. {}",
+        identity.not_before, identity.not_after
+    );
+    out
+}
 
-    if let Err(e) = state.verifier.verify_client_cert(&chain[0], &chain[1..], UnixTime::now()) {
-        let _ = writeln!(out, "chain:       REFUSED ({}): {e}", classify_rustls(&e).label());
-        let _ = writeln!(out, "decision:    DENY (the handshake would fail)");
-        return Ok(Explanation { report: out, allowed: false });
+/// The gateway's decision for a normalized path: internal endpoints are
+/// answered before authorization (as the request service does), every
+/// other path by the authorization rules.
+fn decide(state: &State, path: &str, method: &Method, roles: &Roles) -> (bool, String) {
+    if path.starts_with(INTERNAL_PREFIX) {
+        return if path == WHOAMI && (method == Method::GET || method == Method::HEAD) {
+            (
+                true,
+                "ALLOW (built-in endpoint, open to any verified client)".into(),
+            )
+        } else {
+            (false, "DENY (404: no such gateway endpoint)".into())
+        };
     }
-    let _ = writeln!(out, "chain:       verified against {} trusted CA certificate(s), {} CRL(s)",
-        state.certs.iter().filter(|c| c.kind == "client_ca").count(), state.crls.len());
-
-    let roles = state.roles.roles_for(&identity);
-    let _ = writeln!(out, "default roles: [{}]", state.config.roles.default.join(", "));
-    for i in &roles.matched_rules {
-        let _ = writeln!(out, "matched map[{i}]: {}", state.roles.rules()[*i].describe());
+    let routes = state.authz.routes();
+    match state.authz.authorize(path, method.as_str(), roles) {
+        Decision::Allow { rule: Some(i) } => (
+            true,
+            format!("ALLOW by rule[{i}]: {}", describe_route(&routes[i])),
+        ),
+        Decision::Allow { rule: None } => (
+            true,
+            "ALLOW (authorization.default = \"authenticated\")".into(),
+        ),
+        Decision::Deny {
+            rule: Some(i),
+            reason,
+        } => (
+            false,
+            format!(
+                "DENY by rule[{i}] ({reason}): {}",
+                describe_route(&routes[i])
+            ),
+        ),
+        Decision::Deny { rule: None, reason } => (false, format!("DENY ({reason})")),
     }
-    if roles.matched_rules.is_empty() {
-        let _ = writeln!(out, "matched rules: none");
-    }
-    let _ = writeln!(out, "roles:       [{}]", roles.joined());
-
-    let normalized = match normalize_path(path) {
-        Ok(p) => p.into_owned(),
-        Err(e) => {
-            let _ = writeln!(out, "request:     {method} {path}");
-            let _ = writeln!(out, "decision:    DENY (400: {e})");
-            return Ok(Explanation { report: out, allowed: false });
-        }
-    };
-    let method = method.to_ascii_uppercase();
-    let _ = writeln!(out, "request:     {method} {normalized}");
-    let decision = state.authz.authorize(&normalized, &method, &roles);
-    let allowed = decision.is_allowed();
-    let line = match decision {
-        Decision::Allow { rule: Some(i) } => format!("ALLOW by rule[{i}]: {}", describe_route(&state.authz.routes()[i])),
-        Decision::Allow { rule: None } => "ALLOW (authorization.default = \"authenticated\")".to_owned(),
-        Decision::Deny { rule: Some(i), reason } => format!("DENY by rule[{i}] ({reason}): {}", describe_route(&state.authz.routes()[i])),
-        Decision::Deny { rule: None, reason } => format!("DENY ({reason})"),
-    };
-    let _ = writeln!(out, "decision:    {line}");
-    Ok(Explanation { report: out, allowed })
 }

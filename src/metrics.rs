@@ -2,6 +2,7 @@
 //! handles, so tests get a fresh registry and nothing is a hidden global.
 //! Names and label sets are part of the product contract (SPEC §6).
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use prometheus::{
@@ -10,7 +11,7 @@ use prometheus::{
 };
 
 use crate::state::State;
-use crate::tls::HandshakeFailure;
+use crate::tls::{CertInfo, CrlInfo, HandshakeFailure};
 
 /// Upstream failure kinds, the `kind` label of `certgate_upstream_errors_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,6 +45,7 @@ pub struct Metrics {
     reloads: IntCounterVec,
     pub config_generation: IntGauge,
     pub last_reload_success: IntGauge,
+    last_reload_successful: IntGauge,
     cert_expiry: IntGaugeVec,
     crl_next_update: IntGaugeVec,
 }
@@ -65,16 +67,24 @@ impl Metrics {
     pub fn new() -> Arc<Metrics> {
         let r = Registry::new();
         let counter_vec = |name: &str, help: &str, labels: &[&str]| {
-            register(&r, IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"))
+            register(
+                &r,
+                IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"),
+            )
         };
-        let gauge = |name: &str, help: &str| register(&r, IntGauge::new(name, help).expect("valid metric"));
+        let gauge =
+            |name: &str, help: &str| register(&r, IntGauge::new(name, help).expect("valid metric"));
         let gauge_vec = |name: &str, help: &str, labels: &[&str]| {
-            register(&r, IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric"))
+            register(
+                &r,
+                IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric"),
+            )
         };
         let histogram = |name: &str, help: &str, buckets: Vec<f64>| {
             register(
                 &r,
-                Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets)).expect("valid metric"),
+                Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
+                    .expect("valid metric"),
             )
         };
         let fast_buckets = vec![
@@ -86,7 +96,9 @@ impl Metrics {
             "Always 1; the version label says which certgate is running.",
             &["version"],
         );
-        build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
 
         let m = Metrics {
             connections_active: gauge(
@@ -152,6 +164,10 @@ impl Metrics {
                 "certgate_config_last_reload_success_timestamp_seconds",
                 "Unix time of the last successful load of the state.",
             ),
+            last_reload_successful: gauge(
+                "certgate_config_last_reload_successful",
+                "1 if the last load of the configuration and its files succeeded, 0 if it failed (the previous state keeps serving).",
+            ),
             cert_expiry: gauge_vec(
                 "certgate_certificate_expiry_timestamp_seconds",
                 "notAfter of each loaded server certificate and trusted client CA, as Unix time.",
@@ -170,7 +186,11 @@ impl Metrics {
         for f in HandshakeFailure::ALL {
             m.handshakes.with_label_values(&[f.label()]);
         }
-        for k in [UpstreamErrorKind::Connect, UpstreamErrorKind::Timeout, UpstreamErrorKind::Protocol] {
+        for k in [
+            UpstreamErrorKind::Connect,
+            UpstreamErrorKind::Timeout,
+            UpstreamErrorKind::Protocol,
+        ] {
             m.upstream_errors.with_label_values(&[k.label()]);
         }
         m.reloads.with_label_values(&["success"]);
@@ -201,35 +221,71 @@ impl Metrics {
     }
 
     pub fn upstream_error(&self, kind: UpstreamErrorKind) {
-        self.upstream_errors.with_label_values(&[kind.label()]).inc();
+        self.upstream_errors
+            .with_label_values(&[kind.label()])
+            .inc();
     }
 
     pub fn reload(&self, success: bool) {
         self.reloads
             .with_label_values(&[if success { "success" } else { "failure" }])
             .inc();
+        self.last_reload_successful.set(i64::from(success));
     }
 
     /// Publishes the gauges that describe a newly installed state.
     pub fn state_installed(&self, state: &State) {
         self.config_generation.set(state.generation as i64);
         self.last_reload_success.set(state.loaded_at_unix);
-        self.cert_expiry.reset();
-        for c in &state.certs {
-            let kind = if c.kind == "client_ca" { "client_ca" } else { "server" };
-            self.cert_expiry
-                .with_label_values(&[kind, &c.subject])
-                .set(c.not_after_unix);
-        }
-        self.crl_next_update.reset();
-        for crl in &state.crls {
-            if let Some(next) = crl.next_update_unix {
-                self.crl_next_update.with_label_values(&[&crl.issuer]).set(next);
-            }
-        }
+        self.last_reload_successful.set(1);
+        self.publish_expiry(&state.certs, &state.crls);
         // Roles only appear as labels once configured (bounded cardinality).
         for role in state.roles.known_roles() {
             self.role_grants.with_label_values(&[role]);
+        }
+    }
+
+    /// Replaces the expiry gauges. Certificates and CRLs that a reload
+    /// dropped disappear with the reset.
+    ///
+    /// Two certificates can share a subject (a CA re-issued with a new key
+    /// during a rollover, an SNI certificate for the default's name): the
+    /// gauge keeps the soonest notAfter, the one an expiry alert is for.
+    /// Two CRLs from one issuer (old and new during a CRL roll): the latest
+    /// nextUpdate, since either CRL answers for that issuer.
+    fn publish_expiry(&self, certs: &[CertInfo], crls: &[CrlInfo]) {
+        self.cert_expiry.reset();
+        let mut soonest: BTreeMap<(&str, &str), i64> = BTreeMap::new();
+        for c in certs {
+            // SPEC labels SNI certificates as `server` too: they are served.
+            let kind = if c.kind == "client_ca" {
+                "client_ca"
+            } else {
+                "server"
+            };
+            soonest
+                .entry((kind, c.subject.as_str()))
+                .and_modify(|t| *t = (*t).min(c.not_after_unix))
+                .or_insert(c.not_after_unix);
+        }
+        for ((kind, subject), not_after) in soonest {
+            self.cert_expiry
+                .with_label_values(&[kind, subject])
+                .set(not_after);
+        }
+
+        self.crl_next_update.reset();
+        let mut latest: BTreeMap<&str, i64> = BTreeMap::new();
+        for crl in crls {
+            if let Some(next) = crl.next_update_unix {
+                latest
+                    .entry(crl.issuer.as_str())
+                    .and_modify(|t| *t = (*t).max(next))
+                    .or_insert(next);
+            }
+        }
+        for (issuer, next) in latest {
+            self.crl_next_update.with_label_values(&[issuer]).set(next);
         }
     }
 
@@ -257,5 +313,167 @@ impl ActiveConnection {
 impl Drop for ActiveConnection {
     fn drop(&mut self) {
         self.0.connections_active.dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prometheus::proto::MetricType;
+
+    fn cert(kind: &'static str, subject: &str, not_after_unix: i64) -> CertInfo {
+        CertInfo {
+            kind,
+            server_name: None,
+            file: "x.pem".into(),
+            subject: subject.into(),
+            dns_names: vec![],
+            key_type: "ECDSA P-256".into(),
+            not_after: String::new(),
+            not_after_unix,
+        }
+    }
+
+    fn crl(issuer: &str, next_update_unix: Option<i64>) -> CrlInfo {
+        CrlInfo {
+            file: "x.crl".into(),
+            issuer: issuer.into(),
+            revoked: 0,
+            next_update: None,
+            next_update_unix,
+        }
+    }
+
+    /// (name, type, label names) of every sample the registry exposes.
+    fn exposed(m: &Metrics) -> Vec<(String, MetricType, Vec<String>)> {
+        let mut out = Vec::new();
+        for family in m.registry.gather() {
+            for metric in family.get_metric() {
+                let labels = metric
+                    .get_label()
+                    .iter()
+                    .map(|l| l.name().to_owned())
+                    .collect();
+                out.push((family.name().to_owned(), family.get_field_type(), labels));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn every_spec_metric_is_exposed_with_its_type_and_labels() {
+        use MetricType::{COUNTER, GAUGE, HISTOGRAM};
+        let m = Metrics::new();
+        // Labelled series that only exist once something happened.
+        m.request_done(http::StatusCode::OK, 0.01);
+        m.role_granted("ROLE_USER");
+        m.publish_expiry(
+            &[cert("server", "CN=s", 1), cert("client_ca", "CN=ca", 2)],
+            &[crl("CN=ca", Some(3))],
+        );
+        let spec: &[(&str, MetricType, &[&str])] = &[
+            ("certgate_build_info", GAUGE, &["version"]),
+            ("certgate_connections_active", GAUGE, &[]),
+            ("certgate_connections_total", COUNTER, &[]),
+            ("certgate_tls_handshakes_total", COUNTER, &["result"]),
+            ("certgate_tls_handshake_duration_seconds", HISTOGRAM, &[]),
+            ("certgate_requests_total", COUNTER, &["code"]),
+            ("certgate_request_duration_seconds", HISTOGRAM, &[]),
+            ("certgate_authz_denied_total", COUNTER, &[]),
+            ("certgate_role_grants_total", COUNTER, &["role"]),
+            ("certgate_upstream_errors_total", COUNTER, &["kind"]),
+            ("certgate_reloads_total", COUNTER, &["result"]),
+            ("certgate_config_generation", GAUGE, &[]),
+            (
+                "certgate_config_last_reload_success_timestamp_seconds",
+                GAUGE,
+                &[],
+            ),
+            (
+                "certgate_certificate_expiry_timestamp_seconds",
+                GAUGE,
+                &["kind", "subject"],
+            ),
+            (
+                "certgate_crl_next_update_timestamp_seconds",
+                GAUGE,
+                &["issuer"],
+            ),
+        ];
+        let exposed = exposed(&m);
+        for (name, kind, labels) in spec {
+            let series: Vec<_> = exposed.iter().filter(|(n, _, _)| n == name).collect();
+            assert!(!series.is_empty(), "{name} is not exposed");
+            for (_, k, l) in series {
+                assert_eq!(k, kind, "{name}: type");
+                assert_eq!(l, labels, "{name}: label names");
+            }
+        }
+    }
+
+    #[test]
+    fn result_and_kind_labels_exist_before_the_first_event() {
+        let m = Metrics::new();
+        let text = m.render();
+        for result in std::iter::once("ok").chain(HandshakeFailure::ALL.iter().map(|f| f.label())) {
+            let sample = format!("certgate_tls_handshakes_total{{result=\"{result}\"}} 0");
+            assert!(text.contains(&sample), "missing {sample}");
+        }
+        for kind in ["connect", "timeout", "protocol"] {
+            let sample = format!("certgate_upstream_errors_total{{kind=\"{kind}\"}} 0");
+            assert!(text.contains(&sample), "missing {sample}");
+        }
+    }
+
+    #[test]
+    fn expiry_gauges_keep_the_soonest_certificate_and_the_latest_crl() {
+        let m = Metrics::new();
+        m.publish_expiry(
+            &[
+                cert("client_ca", "CN=ca", 300),
+                cert("client_ca", "CN=ca", 100),
+                cert("sni", "CN=api", 50),
+                cert("server", "CN=api", 70),
+            ],
+            &[
+                crl("CN=ca", Some(10)),
+                crl("CN=ca", Some(20)),
+                crl("CN=other", None),
+            ],
+        );
+        let cert_gauge = |kind, subject| m.cert_expiry.with_label_values(&[kind, subject]).get();
+        assert_eq!(
+            cert_gauge("client_ca", "CN=ca"),
+            100,
+            "CA rollover: soonest wins"
+        );
+        assert_eq!(
+            cert_gauge("server", "CN=api"),
+            50,
+            "SNI is labelled server; soonest wins"
+        );
+        assert_eq!(m.crl_next_update.with_label_values(&["CN=ca"]).get(), 20);
+        assert!(
+            !m.render().contains("CN=other"),
+            "a CRL without nextUpdate has no gauge"
+        );
+
+        m.publish_expiry(&[cert("server", "CN=new", 1)], &[]);
+        let text = m.render();
+        assert!(
+            !text.contains("CN=ca") && !text.contains("CN=api"),
+            "dropped files leave no stale series:\n{text}"
+        );
+    }
+
+    #[test]
+    fn last_reload_successful_follows_the_latest_attempt() {
+        let m = Metrics::new();
+        m.reload(false);
+        assert_eq!(m.last_reload_successful.get(), 0);
+        assert_eq!(m.reloads.with_label_values(&["failure"]).get(), 1);
+        m.reload(true);
+        assert_eq!(m.last_reload_successful.get(), 1);
+        assert_eq!(m.reloads.with_label_values(&["success"]).get(), 1);
     }
 }

@@ -13,6 +13,7 @@ mod upstream;
 pub use client::ClientContext;
 pub use error::{json_response, GatewayError};
 pub use listener::serve;
+pub(crate) use service::{INTERNAL_PREFIX, WHOAMI};
 pub use upstream::Upstream;
 
 /// Response bodies are either streamed from the upstream or made here.

@@ -19,14 +19,15 @@ use crate::policy::{normalize_path, Decision, PathError};
 use crate::state::State;
 
 /// Gateway-internal endpoints live under this prefix and never reach the upstream.
-const INTERNAL_PREFIX: &str = "/.certgate/";
-const WHOAMI: &str = "/.certgate/whoami";
+pub(crate) const INTERNAL_PREFIX: &str = "/.certgate/";
+pub(crate) const WHOAMI: &str = "/.certgate/whoami";
 
 /// What the access log line reports about one request.
 #[derive(Default)]
 struct Outcome {
+    /// Only filled when the access log is on.
     path: Option<String>,
-    roles: Option<String>,
+    roles: Option<HeaderValue>,
     upstream: Option<Duration>,
     error: Option<GatewayError>,
 }
@@ -93,11 +94,13 @@ async fn process(
         return Err(GatewayError::BadPath(PathError::NotOriginForm));
     }
     let path = normalize_path(req.uri().path())?.into_owned();
-    outcome.path = Some(path.clone());
+    if state.config.log.access_log {
+        outcome.path = Some(path.clone());
+    }
 
     let authn = client.authenticate(state, &gw.metrics)?;
     let granted = authn.granted();
-    outcome.roles = Some(granted.roles.joined());
+    outcome.roles = Some(granted.roles_header.clone());
 
     if path.starts_with(INTERNAL_PREFIX) {
         return internal_endpoint(&path, req.method(), client, &authn);
@@ -130,7 +133,7 @@ async fn process(
             identity: &client.headers,
             roles: &granted.roles_header,
             options: state.config.identity,
-            peer_ip: client.peer.ip(),
+            forwarded_for: &client.forwarded_for,
             request_id,
         },
     );
@@ -182,7 +185,7 @@ fn access_log(
         peer = %client.peer,
         subject = %client.identity.subject,
         fingerprint = %client.identity.fingerprint_sha256,
-        roles = outcome.roles.as_deref().unwrap_or(""),
+        roles = outcome.roles.as_ref().and_then(|r| r.to_str().ok()).unwrap_or(""),
         method = %method,
         path = outcome.path.as_deref().unwrap_or(""),
         status = status.as_u16(),
