@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
-use tokio::signal::unix::{signal, SignalKind};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
 
@@ -31,7 +31,10 @@ pub fn run(path: &Path) -> ExitCode {
     };
     logging::init(&config.log);
     tls::install_provider();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("certgate: cannot start the async runtime: {e}");
@@ -46,6 +49,15 @@ pub fn run(path: &Path) -> ExitCode {
 
 /// The daemon body; `ready` (for `demo`) is told the bound mTLS address.
 pub async fn serve(config: Config, ready: Option<tokio::sync::oneshot::Sender<SocketAddr>>) -> u8 {
+    // Handlers first: until they are installed, SIGHUP or SIGTERM would
+    // kill the process outright.
+    let (sighup, mut shutdown) = match install_signal_handlers() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("certgate: cannot install signal handlers: {e}");
+            return EXIT_RUNTIME;
+        }
+    };
     let config_path = config.path.clone();
     let state = match State::build(Arc::new(config), 1) {
         Ok(s) => s,
@@ -69,22 +81,7 @@ pub async fn serve(config: Config, ready: Option<tokio::sync::oneshot::Sender<So
     let gw = Gateway::new(state, Metrics::new());
 
     let (hup_tx, hup_rx) = mpsc::channel(1);
-    let (mut sighup, mut sigterm, mut sigint) = match (
-        signal(SignalKind::hangup()),
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
-        (Ok(h), Ok(t), Ok(i)) => (h, t, i),
-        _ => {
-            eprintln!("certgate: cannot install signal handlers");
-            return EXIT_RUNTIME;
-        }
-    };
-    tokio::spawn(async move {
-        while sighup.recv().await.is_some() {
-            let _ = hup_tx.try_send(());
-        }
-    });
+    tokio::spawn(forward_sighup(sighup, gw.clone(), hup_tx));
     tokio::spawn(reload::run(gw.clone(), config_path, hup_rx));
     if let Some(admin_listener) = admin_listener {
         tracing::info!(address = %admin_listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "admin listener ready");
@@ -100,32 +97,86 @@ pub async fn serve(config: Config, ready: Option<tokio::sync::oneshot::Sender<So
         "certgate listening"
     );
     systemd::ready(&gw.state());
-    systemd::spawn_watchdog(gw.clone());
+    systemd::spawn_watchdog();
     if let (Some(tx), Some(addr)) = (ready, bound) {
         let _ = tx.send(addr);
     }
 
-    tokio::select! {
-        _ = sigterm.recv() => tracing::info!(signal = "SIGTERM", "draining"),
-        _ = sigint.recv() => tracing::info!(signal = "SIGINT", "draining"),
-    }
-    drain(&gw, tracker, accept_loop).await
+    let signal = shutdown.recv().await;
+    tracing::info!(signal, "draining");
+    drain(&gw, tracker, accept_loop, &mut shutdown).await
 }
 
-async fn drain(gw: &Gateway, tracker: TaskTracker, accept_loop: tokio::task::JoinHandle<()>) -> u8 {
-    systemd::stopping();
+/// SIGTERM and SIGINT: the first starts the drain, a second one ends it
+/// at once (an operator pressing Ctrl-C twice).
+struct Shutdown {
+    term: Signal,
+    int: Signal,
+}
+
+impl Shutdown {
+    async fn recv(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
+        }
+    }
+}
+
+fn install_signal_handlers() -> std::io::Result<(Signal, Shutdown)> {
+    Ok((
+        signal(SignalKind::hangup())?,
+        Shutdown {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        },
+    ))
+}
+
+/// Turns SIGHUP into a reload trigger. The handler stays installed for the
+/// life of the process, so a SIGHUP during the drain is logged and ignored
+/// rather than killing the process (no new connection would use a reload).
+async fn forward_sighup(mut sighup: Signal, gw: Arc<Gateway>, reload: mpsc::Sender<()>) {
+    while sighup.recv().await.is_some() {
+        if gw.is_draining() {
+            tracing::info!(signal = "SIGHUP", "reload skipped: draining");
+        } else {
+            // A full channel already holds a pending reload.
+            let _ = reload.try_send(());
+        }
+    }
+}
+
+/// Stops accepting (the listener is closed, so new connections are
+/// refused), turns `/readyz` to 503, asks every connection to finish
+/// (HTTP/1 closes once idle, HTTP/2 gets GOAWAY), and waits for them up to
+/// `listener.shutdown_timeout`. Exit code 0 when all finished, else 1.
+async fn drain(
+    gw: &Gateway,
+    tracker: TaskTracker,
+    accept_loop: tokio::task::JoinHandle<()>,
+    shutdown: &mut Shutdown,
+) -> u8 {
+    let timeout = gw.state().config.listener.shutdown_timeout;
+    systemd::stopping(timeout);
     gw.start_draining();
     let _ = accept_loop.await;
     tracker.close();
-    let timeout = gw.state().config.listener.shutdown_timeout;
-    match tokio::time::timeout(timeout, tracker.wait()).await {
-        Ok(()) => {
-            tracing::info!("drained; exiting");
-            0
-        }
-        Err(_) => {
+    tokio::select! {
+        finished = tokio::time::timeout(timeout, tracker.wait()) => match finished {
+            Ok(()) => {
+                tracing::info!("drained; exiting");
+                0
+            }
+            Err(_) => {
+                let open = gw.metrics.connections_active.get();
+                tracing::error!(open_connections = open, ?timeout, "connections still open after listener.shutdown_timeout; closing them");
+                EXIT_RUNTIME
+            }
+        },
+        signal = shutdown.recv() => {
             let open = gw.metrics.connections_active.get();
-            tracing::error!(open_connections = open, ?timeout, "connections still open after listener.shutdown_timeout; closing them");
+            tracing::warn!(signal, open_connections = open, "second signal during the drain; closing the remaining connections now");
             EXIT_RUNTIME
         }
     }
@@ -142,7 +193,9 @@ async fn bind(cfg: &Config) -> Result<(TcpListener, Option<TcpListener>), String
         None => bind_addr(cfg.listener.address, "listener.address").await?,
     };
     let admin = match (activated.next(), cfg.admin.address) {
-        (Some(l), _) => Some(TcpListener::from_std(l).map_err(|e| format!("admin socket from systemd: {e}"))?),
+        (Some(l), _) => {
+            Some(TcpListener::from_std(l).map_err(|e| format!("admin socket from systemd: {e}"))?)
+        }
         (None, Some(addr)) => Some(bind_addr(addr, "admin.address").await?),
         (None, None) => None,
     };
