@@ -64,7 +64,15 @@ pub fn load_cert_chain(file: &Path) -> Result<Vec<CertificateDer<'static>>, Load
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| LoadError::new(file, format!("not a PEM certificate file: {e}")))?;
     if certs.is_empty() {
-        return Err(LoadError::new(file, "no CERTIFICATE block found (expected PEM)"));
+        let hint = if bytes.first() == Some(&0x30) {
+            ": this looks like DER; convert it with `openssl x509 -inform der -in FILE -out FILE.pem`"
+        } else {
+            ""
+        };
+        return Err(LoadError::new(
+            file,
+            format!("no CERTIFICATE block found (expected PEM){hint}"),
+        ));
     }
     for cert in &certs {
         X509Certificate::from_der(cert)
@@ -77,9 +85,15 @@ pub fn load_cert_chain(file: &Path) -> Result<Vec<CertificateDer<'static>>, Load
 pub fn load_private_key(file: &Path) -> Result<PrivateKeyDer<'static>, LoadError> {
     let bytes = read(file)?;
     PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| {
+        // The daemon cannot prompt for a passphrase, so say what to do.
+        let hint = if bytes.windows(21).any(|w| w == b"ENCRYPTED PRIVATE KEY") {
+            "; the key is encrypted: decrypt it with `openssl pkey -in KEY -out KEY.plain` or use a PKCS#12 key store with a password file"
+        } else {
+            ""
+        };
         LoadError::new(
             file,
-            format!("no usable private key (PEM PKCS#8, SEC1 or PKCS#1 expected): {e}"),
+            format!("no usable private key (PEM PKCS#8, SEC1 or PKCS#1 expected): {e}{hint}"),
         )
     })
 }
@@ -92,23 +106,45 @@ pub fn certified_key(
     key_file: &Path,
 ) -> Result<Arc<CertifiedKey>, LoadError> {
     let provider = super::provider();
-    let signing_key = provider
-        .key_provider
-        .load_private_key(key)
-        .map_err(|e| LoadError::new(key_file, format!("unsupported private key: {e}")))?;
-    let ck = CertifiedKey::new(chain, signing_key);
-    match ck.keys_match() {
-        Ok(()) | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {
-            Ok(Arc::new(ck))
-        }
-        Err(_) => Err(LoadError::new(
+    let signing_key = provider.key_provider.load_private_key(key).map_err(|e| {
+        LoadError::new(
             key_file,
             format!(
-                "private key does not match the certificate in {}",
-                cert_file.display()
+                "unsupported private key (RSA, ECDSA P-256/P-384/P-521 or Ed25519 expected): {e}"
             ),
-        )),
+        )
+    })?;
+    let ck = CertifiedKey::new(chain, signing_key);
+    if key_matches(&ck) {
+        return Ok(Arc::new(ck));
     }
+    // A chain written root first is a common mistake; name it precisely.
+    let leaf_at = (1..ck.cert.len())
+        .find(|&i| key_matches(&CertifiedKey::new(vec![ck.cert[i].clone()], ck.key.clone())));
+    let reason = match leaf_at {
+        Some(i) => format!(
+            "the certificate chain in {} must start with the leaf: the key belongs to certificate #{} in it; put that one first",
+            cert_file.display(),
+            i + 1
+        ),
+        None => format!(
+            "private key does not match the certificate in {}",
+            cert_file.display()
+        ),
+    };
+    Err(LoadError::new(key_file, reason))
+}
+
+/// Whether the key is the leaf's. `Unknown` means the key type cannot
+/// report its public key; rustls would then find out in the handshake.
+fn key_matches(ck: &CertifiedKey) -> bool {
+    matches!(
+        ck.keys_match(),
+        Ok(())
+            | Err(rustls::Error::InconsistentKeys(
+                rustls::InconsistentKeys::Unknown
+            ))
+    )
 }
 
 /// Trusted CA certificates from PEM files, directories of PEM files, and
@@ -148,7 +184,7 @@ pub fn load_ca_certs(
                 Some(f) => super::pkcs12::read_password(f)?,
                 None => String::new(),
             };
-            super::pkcs12::load_truststore(path, &password)?
+            super::pkcs12::load_truststore(path, &password, password_file)?
         } else {
             load_cert_chain(path)?
         };
@@ -158,17 +194,20 @@ pub fn load_ca_certs(
 }
 
 /// CRLs in PEM (`X509 CRL` blocks) or DER.
-pub fn load_crls(paths: &[PathBuf]) -> Result<Vec<(PathBuf, CertificateRevocationListDer<'static>)>, LoadError> {
+pub fn load_crls(
+    paths: &[PathBuf],
+) -> Result<Vec<(PathBuf, CertificateRevocationListDer<'static>)>, LoadError> {
     let mut out = Vec::new();
     for path in paths {
         let bytes = read(path)?;
-        let crls: Vec<CertificateRevocationListDer<'static>> = if bytes.trim_ascii_start().starts_with(b"-----BEGIN") {
-            CertificateRevocationListDer::pem_slice_iter(&bytes)
-                .collect::<Result<_, _>>()
-                .map_err(|e| LoadError::new(path, format!("bad PEM CRL: {e}")))?
-        } else {
-            vec![CertificateRevocationListDer::from(bytes)]
-        };
+        let crls: Vec<CertificateRevocationListDer<'static>> =
+            if bytes.trim_ascii_start().starts_with(b"-----BEGIN") {
+                CertificateRevocationListDer::pem_slice_iter(&bytes)
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| LoadError::new(path, format!("bad PEM CRL: {e}")))?
+            } else {
+                vec![CertificateRevocationListDer::from(bytes)]
+            };
         if crls.is_empty() {
             return Err(LoadError::new(path, "no X509 CRL block found"));
         }
@@ -198,7 +237,12 @@ pub fn crl_info(file: &Path, der: &[u8]) -> Option<CrlInfo> {
     })
 }
 
-pub fn cert_info(kind: &'static str, server_name: Option<&str>, file: &Path, der: &[u8]) -> Option<CertInfo> {
+pub fn cert_info(
+    kind: &'static str,
+    server_name: Option<&str>,
+    file: &Path,
+    der: &[u8],
+) -> Option<CertInfo> {
     let id = Identity::from_der(der).ok()?;
     let (_, cert) = X509Certificate::from_der(der).ok()?;
     Some(CertInfo {
@@ -220,7 +264,8 @@ fn key_type(cert: &X509Certificate<'_>) -> String {
         Ok(PublicKey::EC(ec)) => match ec.key_size() {
             256 => "ECDSA P-256".into(),
             384 => "ECDSA P-384".into(),
-            521 => "ECDSA P-521".into(),
+            // x509-parser counts P-521's 66-byte coordinates as 528 bits.
+            521 | 528 => "ECDSA P-521".into(),
             n => format!("ECDSA {n}-bit"),
         },
         _ => {
@@ -231,5 +276,34 @@ fn key_type(cert: &X509Certificate<'_>) -> String {
                 other => other.to_owned(),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file_with(bytes: &[u8]) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, bytes).unwrap();
+        (dir, path)
+    }
+
+    #[test]
+    fn encrypted_key_says_how_to_decrypt_it() {
+        let pem =
+            b"-----BEGIN ENCRYPTED PRIVATE KEY-----\nMAA=\n-----END ENCRYPTED PRIVATE KEY-----\n";
+        let (_dir, path) = file_with(pem);
+        let err = load_private_key(&path).unwrap_err();
+        assert!(err.reason.contains("the key is encrypted"), "{err}");
+    }
+
+    #[test]
+    fn der_certificate_says_to_convert_it_to_pem() {
+        let cert = rcgen::generate_simple_self_signed(vec!["a.test".into()]).unwrap();
+        let (_dir, path) = file_with(cert.cert.der());
+        let err = load_cert_chain(&path).unwrap_err();
+        assert!(err.reason.contains("looks like DER"), "{err}");
     }
 }
