@@ -74,7 +74,10 @@ impl Gateway {
     }
 
     pub fn reload_status(&self) -> ReloadStatus {
-        self.reload_status.lock().expect("status lock poisoned").clone()
+        self.reload_status
+            .lock()
+            .expect("status lock poisoned")
+            .clone()
     }
 
     pub fn start_draining(&self) {

@@ -138,7 +138,9 @@ pub fn join_list(values: &[String]) -> String {
 }
 
 fn attribute_values(name: &X509Name<'_>, oid: &oid_registry::Oid<'_>) -> Vec<String> {
-    name.iter_by_oid(oid).map(|a| escape_visible(&attribute_text(a))).collect()
+    name.iter_by_oid(oid)
+        .map(|a| escape_visible(&attribute_text(a)))
+        .collect()
 }
 
 /// The attribute as text: string types decoded, BMPString from UTF-16,
@@ -252,7 +254,10 @@ fn serial_hex(raw: &[u8]) -> String {
 pub fn rfc3339(unix: i64) -> String {
     ::time::OffsetDateTime::from_unix_timestamp(unix)
         .ok()
-        .and_then(|t| t.format(&::time::format_description::well_known::Rfc3339).ok())
+        .and_then(|t| {
+            t.format(&::time::format_description::well_known::Rfc3339)
+                .ok()
+        })
         .unwrap_or_else(|| unix.to_string())
 }
 
@@ -272,8 +277,10 @@ mod tests {
     #[test]
     fn reads_subject_sans_and_spiffe_id() {
         let der = cert(|p| {
-            p.distinguished_name.push(DnType::OrganizationName, "Acme, Inc.");
-            p.distinguished_name.push(DnType::OrganizationalUnitName, "payments");
+            p.distinguished_name
+                .push(DnType::OrganizationName, "Acme, Inc.");
+            p.distinguished_name
+                .push(DnType::OrganizationalUnitName, "payments");
             p.distinguished_name.push(DnType::CommonName, "billing-api");
             p.subject_alt_names = vec![
                 SanType::DnsName("billing.internal".try_into().unwrap()),
@@ -289,7 +296,10 @@ mod tests {
         assert_eq!(id.o, vec!["Acme, Inc."]);
         assert_eq!(id.dns, vec!["billing.internal"]);
         assert_eq!(id.email, vec!["ops@acme.org"]);
-        assert_eq!(id.spiffe_id.as_deref(), Some("spiffe://acme.org/ns/pay/sa/billing"));
+        assert_eq!(
+            id.spiffe_id.as_deref(),
+            Some("spiffe://acme.org/ns/pay/sa/billing")
+        );
         assert_eq!(id.serial, "1a2b");
         assert_eq!(id.fingerprint_sha256.len(), 64);
         assert!(id.not_after.ends_with('Z'), "{}", id.not_after);
@@ -315,8 +325,14 @@ mod tests {
             );
         });
         let id = Identity::from_der(&der).unwrap();
-        assert_eq!(id.subject, "CN=evil\\0D\\0Ax-client-roles: ROLE_ADMIN \\C3\\A9");
-        assert!(id.subject.bytes().all(|b| b == b' ' || b.is_ascii_graphic()));
+        assert_eq!(
+            id.subject,
+            "CN=evil\\0D\\0Ax-client-roles: ROLE_ADMIN \\C3\\A9"
+        );
+        assert!(id
+            .subject
+            .bytes()
+            .all(|b| b == b' ' || b.is_ascii_graphic()));
     }
 
     #[test]

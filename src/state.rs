@@ -114,7 +114,10 @@ impl State {
                 .map_err(|reason| {
                     let mut files = ca.trusted_cas.clone();
                     files.extend(ca.crls.iter().cloned());
-                    problems.push(LoadError::new(first_or_config(&files, &config.path), reason))
+                    problems.push(LoadError::new(
+                        first_or_config(&files, &config.path),
+                        reason,
+                    ))
                 })
                 .ok()
         };
@@ -142,7 +145,10 @@ impl State {
         Ok(State {
             generation,
             roles: RoleMapper::new(&config.roles.default, config.roles.map.clone()),
-            authz: Authorizer::new(config.authorization.default, config.authorization.rules.clone()),
+            authz: Authorizer::new(
+                config.authorization.default,
+                config.authorization.rules.clone(),
+            ),
             config,
             tls,
             verifier,

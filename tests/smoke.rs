@@ -9,7 +9,18 @@ async fn valid_client_reaches_upstream_with_identity() {
     let gw = setup.start();
     let leaf = setup.ca.issue(&LeafSpec::client("billing-api"));
     let reply = setup.client(&leaf).get(gw.addr, "/v1/x").await.unwrap();
-    assert_eq!(reply.status, 200, "{}", String::from_utf8_lossy(&reply.body));
-    assert_eq!(reply.upstream_header("x-client-fingerprint").unwrap(), leaf.fingerprint());
-    assert_eq!(gw.metric("certgate_tls_handshakes_total{result=\"ok\"}"), 1.0);
+    assert_eq!(
+        reply.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    assert_eq!(
+        reply.upstream_header("x-client-fingerprint").unwrap(),
+        leaf.fingerprint()
+    );
+    assert_eq!(
+        gw.metric("certgate_tls_handshakes_total{result=\"ok\"}"),
+        1.0
+    );
 }

@@ -54,8 +54,14 @@ pub enum TlsVersion {
 /// Where a server certificate and its key come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CertSource {
-    Pem { cert: PathBuf, key: PathBuf },
-    Pkcs12 { file: PathBuf, password_file: PathBuf },
+    Pem {
+        cert: PathBuf,
+        key: PathBuf,
+    },
+    Pkcs12 {
+        file: PathBuf,
+        password_file: PathBuf,
+    },
 }
 
 impl CertSource {
@@ -231,7 +237,11 @@ impl Config {
     /// unknown keys, bad values.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| {
-            ConfigError::single(path, path.display().to_string(), format!("cannot read: {e}"))
+            ConfigError::single(
+                path,
+                path.display().to_string(),
+                format!("cannot read: {e}"),
+            )
         })?;
         Self::from_toml(path, &text, std::env::vars())
     }
@@ -261,7 +271,12 @@ impl Config {
         files.extend(self.client_auth.trusted_cas_password_file.iter().cloned());
         files.extend(self.client_auth.crls.iter().cloned());
         let u = &self.upstream;
-        files.extend([&u.ca, &u.client_cert, &u.client_key].into_iter().flatten().cloned());
+        files.extend(
+            [&u.ca, &u.client_cert, &u.client_key]
+                .into_iter()
+                .flatten()
+                .cloned(),
+        );
         files
     }
 }
@@ -293,25 +308,35 @@ fn parse_with_overrides(
     }
     let mut doc: toml::Table = toml::from_str(text).map_err(syntax)?;
     for (section, key, value) in overrides {
-        let at = format!("CERTGATE_{}__{}", section.to_uppercase(), key.to_uppercase());
+        let at = format!(
+            "CERTGATE_{}__{}",
+            section.to_uppercase(),
+            key.to_uppercase()
+        );
         let table = doc
             .entry(section.clone())
             .or_insert_with(|| toml::Value::Table(toml::Table::new()));
         let Some(table) = table.as_table_mut() else {
-            return Err(ConfigError::single(path, at, format!("`{section}` is not a table")));
+            return Err(ConfigError::single(
+                path,
+                at,
+                format!("`{section}` is not a table"),
+            ));
         };
         table.insert(key, env_value(&value));
     }
-    let merged = toml::to_string(&doc).map_err(|e| ConfigError::single(path, "env", e.to_string()))?;
-    toml::from_str(&merged).map_err(|e| {
-        ConfigError::single(path, "toml (after environment overrides)", e.to_string())
-    })
+    let merged =
+        toml::to_string(&doc).map_err(|e| ConfigError::single(path, "env", e.to_string()))?;
+    toml::from_str(&merged)
+        .map_err(|e| ConfigError::single(path, "toml (after environment overrides)", e.to_string()))
 }
 
 fn env_value(value: &str) -> toml::Value {
     let probe = format!("v = {value}");
     match toml::from_str::<toml::Table>(&probe) {
-        Ok(mut t) => t.remove("v").unwrap_or_else(|| toml::Value::String(value.to_owned())),
+        Ok(mut t) => t
+            .remove("v")
+            .unwrap_or_else(|| toml::Value::String(value.to_owned())),
         Err(_) => toml::Value::String(value.to_owned()),
     }
 }
@@ -369,7 +394,10 @@ impl Validator<'_> {
 
     fn addr(&mut self, at: &str, value: &str) -> SocketAddr {
         value.parse().unwrap_or_else(|_| {
-            self.problem(at, format!("`{value}` is not an IP:port address like \"0.0.0.0:8443\""));
+            self.problem(
+                at,
+                format!("`{value}` is not an IP:port address like \"0.0.0.0:8443\""),
+            );
             SocketAddr::from(([127, 0, 0, 1], 0))
         })
     }
@@ -394,7 +422,10 @@ impl Validator<'_> {
             "allow" => Toggle::Allow,
             "deny" => Toggle::Deny,
             other => {
-                self.problem(at, format!("must be \"allow\" or \"deny\", got \"{other}\""));
+                self.problem(
+                    at,
+                    format!("must be \"allow\" or \"deny\", got \"{other}\""),
+                );
                 Toggle::Deny
             }
         }
@@ -471,7 +502,13 @@ fn validate(path: &Path, raw: RawConfig) -> Result<Config, ConfigError> {
     };
 
     let t = raw.server_tls;
-    let default = v.cert_source("server_tls", t.cert, t.key, t.pkcs12, t.pkcs12_password_file);
+    let default = v.cert_source(
+        "server_tls",
+        t.cert,
+        t.key,
+        t.pkcs12,
+        t.pkcs12_password_file,
+    );
     let mut sni = Vec::new();
     for (i, s) in t.sni.into_iter().enumerate() {
         let at = format!("server_tls.sni[{i}]");
@@ -483,7 +520,10 @@ fn validate(path: &Path, raw: RawConfig) -> Result<Config, ConfigError> {
             );
         }
         if sni.iter().any(|e: &SniCert| e.server_name == name) {
-            v.problem(format!("{at}.server_name"), format!("`{name}` is listed twice"));
+            v.problem(
+                format!("{at}.server_name"),
+                format!("`{name}` is listed twice"),
+            );
         }
         let source = v.cert_source(&at, s.cert, s.key, s.pkcs12, s.pkcs12_password_file);
         sni.push(SniCert {
@@ -508,7 +548,11 @@ fn validate(path: &Path, raw: RawConfig) -> Result<Config, ConfigError> {
         trusted_cas_password_file: c
             .trusted_cas_password_file
             .map(|p| v.path("client_auth.trusted_cas_password_file", &p)),
-        crls: c.crls.iter().map(|p| v.path("client_auth.crls", p)).collect(),
+        crls: c
+            .crls
+            .iter()
+            .map(|p| v.path("client_auth.crls", p))
+            .collect(),
         unknown_revocation: v.toggle("client_auth.unknown_revocation", &c.unknown_revocation),
         crl_scope: match c.crl_scope.as_str() {
             "chain" => CrlScope::Chain,
@@ -530,11 +574,20 @@ fn validate(path: &Path, raw: RawConfig) -> Result<Config, ConfigError> {
             let scheme_ok = matches!(url.scheme_str(), Some("http") | Some("https"));
             let path_ok = matches!(url.path(), "" | "/") && url.query().is_none();
             if !scheme_ok || url.authority().is_none() {
-                v.problem("upstream.url", format!("`{}` must be http://host[:port] or https://host[:port]", u.url));
+                v.problem(
+                    "upstream.url",
+                    format!(
+                        "`{}` must be http://host[:port] or https://host[:port]",
+                        u.url
+                    ),
+                );
             } else if !path_ok {
                 v.problem(
                     "upstream.url",
-                    format!("`{}` must not have a path or query: requests keep their own path", u.url),
+                    format!(
+                        "`{}` must not have a path or query: requests keep their own path",
+                        u.url
+                    ),
                 );
             }
             url
@@ -557,7 +610,10 @@ fn validate(path: &Path, raw: RawConfig) -> Result<Config, ConfigError> {
     }
     let tls_only = upstream.ca.is_some() || upstream.client_cert.is_some();
     if tls_only && !upstream.is_https() {
-        v.problem("upstream", "ca, client_cert and client_key need an https:// url");
+        v.problem(
+            "upstream",
+            "ca, client_cert and client_key need an https:// url",
+        );
     }
 
     let identity = IdentityConfig {
@@ -568,7 +624,10 @@ fn validate(path: &Path, raw: RawConfig) -> Result<Config, ConfigError> {
     let r = raw.roles;
     for (i, role) in r.default.iter().chain(&r.audit).enumerate() {
         if !valid_role(role) {
-            v.problem("roles", format!("role #{i} `{role}` must be 1-128 visible ASCII characters without commas"));
+            v.problem(
+                "roles",
+                format!("role #{i} `{role}` must be 1-128 visible ASCII characters without commas"),
+            );
         }
     }
     let mut map = Vec::new();
@@ -626,14 +685,20 @@ fn validate(path: &Path, raw: RawConfig) -> Result<Config, ConfigError> {
             "json" => LogFormat::Json,
             "text" => LogFormat::Text,
             other => {
-                v.problem("log.format", format!("must be \"json\" or \"text\", got \"{other}\""));
+                v.problem(
+                    "log.format",
+                    format!("must be \"json\" or \"text\", got \"{other}\""),
+                );
                 LogFormat::Json
             }
         },
         access_log: raw.log.access_log,
     };
     if tracing_subscriber::EnvFilter::try_new(&log.level).is_err() {
-        v.problem("log.level", format!("`{}` is not a log level or filter", log.level));
+        v.problem(
+            "log.level",
+            format!("`{}` is not a log level or filter", log.level),
+        );
     }
 
     if !v.problems.is_empty() {
@@ -664,15 +729,15 @@ fn valid_sni_pattern(name: &str) -> bool {
         && host.split('.').all(|label| {
             !label.is_empty()
                 && label.len() <= 63
-                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
         })
 }
 
 /// Roles travel in a comma-separated header, so they must be plain tokens.
 pub fn valid_role(role: &str) -> bool {
-    !role.is_empty()
-        && role.len() <= 128
-        && role.bytes().all(|b| b.is_ascii_graphic() && b != b',')
+    !role.is_empty() && role.len() <= 128 && role.bytes().all(|b| b.is_ascii_graphic() && b != b',')
 }
 
 /// Role rule matchers compile patterns here so `policy` stays free of serde.

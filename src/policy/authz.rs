@@ -26,7 +26,11 @@ pub struct Route {
 impl Route {
     /// # Errors
     /// A path that is not already normalized, or a method that is not an HTTP token.
-    pub fn new(path: &str, methods: Option<Vec<String>>, roles: Vec<String>) -> Result<Route, String> {
+    pub fn new(
+        path: &str,
+        methods: Option<Vec<String>>,
+        roles: Vec<String>,
+    ) -> Result<Route, String> {
         let trimmed = match path.trim_end_matches('/') {
             "" => "/",
             p => p,
@@ -37,12 +41,16 @@ impl Route {
             Err(e) => return Err(format!("path `{path}`: {e}")),
         }
         if trimmed.contains(['?', '#', '*']) {
-            return Err(format!("path `{path}` is a plain path prefix: no query, fragment or `*`"));
+            return Err(format!(
+                "path `{path}` is a plain path prefix: no query, fragment or `*`"
+            ));
         }
         let methods = match methods {
             None => None,
             Some(m) if m.is_empty() => {
-                return Err("methods = [] would match nothing; leave it out to allow every method".into())
+                return Err(
+                    "methods = [] would match nothing; leave it out to allow every method".into(),
+                )
             }
             Some(m) => {
                 let mut upper = Vec::with_capacity(m.len());
@@ -56,7 +64,9 @@ impl Route {
             }
         };
         if let Some(bad) = roles.iter().find(|r| !crate::config::valid_role(r)) {
-            return Err(format!("role `{bad}` must be 1-128 visible ASCII characters without commas"));
+            return Err(format!(
+                "role `{bad}` must be 1-128 visible ASCII characters without commas"
+            ));
         }
         Ok(Route {
             path: trimmed.to_owned(),
@@ -85,8 +95,13 @@ impl Route {
 /// Why a request was allowed or refused; `rule` indexes `authorization.rule`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decision {
-    Allow { rule: Option<usize> },
-    Deny { rule: Option<usize>, reason: &'static str },
+    Allow {
+        rule: Option<usize>,
+    },
+    Deny {
+        rule: Option<usize>,
+        reason: &'static str,
+    },
 }
 
 impl Decision {
@@ -138,7 +153,9 @@ impl Authorizer {
                 rule: None,
                 reason: "method not allowed on this path",
             },
-            Some((i, r)) if r.roles.is_empty() || r.roles.iter().any(|role| roles.contains(role)) => {
+            Some((i, r))
+                if r.roles.is_empty() || r.roles.iter().any(|role| roles.contains(role)) =>
+            {
                 Decision::Allow { rule: Some(i) }
             }
             Some((i, _)) => Decision::Deny {
@@ -188,36 +205,143 @@ mod tests {
         let admin = roles(&["ROLE_ADMIN"]);
         let none = roles(&[]);
         let cases: &[(&str, &str, &str, &Roles, Decision)] = &[
-            ("user reads v2", "/v2/items", "GET", &user, Decision::Allow { rule: Some(0) }),
-            ("exact prefix", "/v2", "GET", &user, Decision::Allow { rule: Some(0) }),
-            ("trailing slash", "/v2/", "GET", &user, Decision::Allow { rule: Some(0) }),
-            ("segment boundary", "/v20", "GET", &user, Decision::Deny { rule: None, reason: "no rule covers the path" }),
-            ("user cannot post", "/v2/items", "POST", &user, Decision::Deny { rule: Some(1), reason: "missing role" }),
-            ("admin posts", "/v2/items", "POST", &admin, Decision::Allow { rule: Some(1) }),
-            ("method nobody listed", "/v2/items", "PUT", &admin, Decision::Deny { rule: None, reason: "method not allowed on this path" }),
-            ("longest wins over shorter", "/v2/admin/x", "GET", &user, Decision::Deny { rule: Some(2), reason: "missing role" }),
-            ("admin in admin", "/v2/admin/x", "GET", &admin, Decision::Allow { rule: Some(2) }),
-            ("longer open rule", "/v2/admin/health", "GET", &none, Decision::Allow { rule: Some(4) }),
-            ("longer rule, other method", "/v2/admin/health", "POST", &admin, Decision::Deny { rule: None, reason: "method not allowed on this path" }),
-            ("any verified client", "/public/x", "DELETE", &none, Decision::Allow { rule: Some(3) }),
-            ("uncovered denied", "/other", "GET", &admin, Decision::Deny { rule: None, reason: "no rule covers the path" }),
+            (
+                "user reads v2",
+                "/v2/items",
+                "GET",
+                &user,
+                Decision::Allow { rule: Some(0) },
+            ),
+            (
+                "exact prefix",
+                "/v2",
+                "GET",
+                &user,
+                Decision::Allow { rule: Some(0) },
+            ),
+            (
+                "trailing slash",
+                "/v2/",
+                "GET",
+                &user,
+                Decision::Allow { rule: Some(0) },
+            ),
+            (
+                "segment boundary",
+                "/v20",
+                "GET",
+                &user,
+                Decision::Deny {
+                    rule: None,
+                    reason: "no rule covers the path",
+                },
+            ),
+            (
+                "user cannot post",
+                "/v2/items",
+                "POST",
+                &user,
+                Decision::Deny {
+                    rule: Some(1),
+                    reason: "missing role",
+                },
+            ),
+            (
+                "admin posts",
+                "/v2/items",
+                "POST",
+                &admin,
+                Decision::Allow { rule: Some(1) },
+            ),
+            (
+                "method nobody listed",
+                "/v2/items",
+                "PUT",
+                &admin,
+                Decision::Deny {
+                    rule: None,
+                    reason: "method not allowed on this path",
+                },
+            ),
+            (
+                "longest wins over shorter",
+                "/v2/admin/x",
+                "GET",
+                &user,
+                Decision::Deny {
+                    rule: Some(2),
+                    reason: "missing role",
+                },
+            ),
+            (
+                "admin in admin",
+                "/v2/admin/x",
+                "GET",
+                &admin,
+                Decision::Allow { rule: Some(2) },
+            ),
+            (
+                "longer open rule",
+                "/v2/admin/health",
+                "GET",
+                &none,
+                Decision::Allow { rule: Some(4) },
+            ),
+            (
+                "longer rule, other method",
+                "/v2/admin/health",
+                "POST",
+                &admin,
+                Decision::Deny {
+                    rule: None,
+                    reason: "method not allowed on this path",
+                },
+            ),
+            (
+                "any verified client",
+                "/public/x",
+                "DELETE",
+                &none,
+                Decision::Allow { rule: Some(3) },
+            ),
+            (
+                "uncovered denied",
+                "/other",
+                "GET",
+                &admin,
+                Decision::Deny {
+                    rule: None,
+                    reason: "no rule covers the path",
+                },
+            ),
         ];
         for (name, path, method, roles, expected) in cases {
-            assert_eq!(authz.authorize(path, method, roles), *expected, "case {name}: {method} {path}");
+            assert_eq!(
+                authz.authorize(path, method, roles),
+                *expected,
+                "case {name}: {method} {path}"
+            );
         }
     }
 
     #[test]
     fn default_authenticated_opens_uncovered_paths_only() {
-        let authz = Authorizer::new(AuthzDefault::Authenticated, vec![route("/admin", None, &["ROLE_ADMIN"])]);
-        assert!(authz.authorize("/anything", "GET", &roles(&[])).is_allowed());
+        let authz = Authorizer::new(
+            AuthzDefault::Authenticated,
+            vec![route("/admin", None, &["ROLE_ADMIN"])],
+        );
+        assert!(authz
+            .authorize("/anything", "GET", &roles(&[]))
+            .is_allowed());
         assert!(!authz.authorize("/admin/x", "GET", &roles(&[])).is_allowed());
     }
 
     #[test]
     fn root_rule_covers_everything() {
         let authz = Authorizer::new(AuthzDefault::Deny, vec![route("/", None, &["R"])]);
-        assert!(authz.authorize("/deep/path", "GET", &roles(&["R"])).is_allowed());
+        assert!(authz
+            .authorize("/deep/path", "GET", &roles(&["R"]))
+            .is_allowed());
     }
 
     #[test]
@@ -232,8 +356,16 @@ mod tests {
             ("/a", Some(vec!["GE T".into()])),
         ];
         for (path, methods) in bad {
-            assert!(Route::new(path, methods.clone(), vec![]).is_err(), "{path:?} {methods:?} should be rejected");
+            assert!(
+                Route::new(path, methods.clone(), vec![]).is_err(),
+                "{path:?} {methods:?} should be rejected"
+            );
         }
-        assert_eq!(Route::new("/v2/", Some(vec!["get".into()]), vec![]).unwrap().path, "/v2");
+        assert_eq!(
+            Route::new("/v2/", Some(vec!["get".into()]), vec![])
+                .unwrap()
+                .path,
+            "/v2"
+        );
     }
 }

@@ -7,7 +7,7 @@ mod glob;
 mod path;
 mod roles;
 
-pub use authz::{AuthzDefault, Authorizer, Decision, Route};
+pub use authz::{Authorizer, AuthzDefault, Decision, Route};
 pub use glob::Glob;
 pub use path::{normalize_path, PathError};
 pub use roles::{RoleMapper, RoleRule, Roles};

@@ -69,7 +69,9 @@ fn decode_unreserved(path: &str) -> Result<String, PathError> {
         let b = bytes[i];
         match b {
             b'%' => {
-                let hex = bytes.get(i + 1..i + 3).ok_or(PathError::BadPercentEncoding)?;
+                let hex = bytes
+                    .get(i + 1..i + 3)
+                    .ok_or(PathError::BadPercentEncoding)?;
                 let value = std::str::from_utf8(hex)
                     .ok()
                     .and_then(|h| u8::from_str_radix(h, 16).ok())
@@ -157,8 +159,16 @@ mod tests {
             ("dotdot to root", "/v2/..", Ok("/")),
             ("trailing dot", "/v2/.", Ok("/v2/")),
             ("encoded dots", "/public/%2e%2e/admin", Ok("/admin")),
-            ("mixed-case encoded dots", "/public/%2E%2e/admin", Ok("/admin")),
-            ("encoded unreserved decoded", "/%7Euser/%41bc", Ok("/~user/Abc")),
+            (
+                "mixed-case encoded dots",
+                "/public/%2E%2e/admin",
+                Ok("/admin"),
+            ),
+            (
+                "encoded unreserved decoded",
+                "/%7Euser/%41bc",
+                Ok("/~user/Abc"),
+            ),
             ("reserved escape kept uppercased", "/a%3fb", Ok("/a%3Fb")),
             ("space escape kept", "/a%20b", Ok("/a%20b")),
             ("utf8 escape kept", "/caf%c3%a9", Ok("/caf%C3%A9")),
@@ -167,31 +177,62 @@ mod tests {
             ("semicolon in name", "/a;v=1/b", Ok("/a;v=1/b")),
             ("above root", "/..", Err(PathError::AboveRoot)),
             ("above root later", "/a/../../b", Err(PathError::AboveRoot)),
-            ("encoded above root", "/%2e%2e/etc", Err(PathError::AboveRoot)),
+            (
+                "encoded above root",
+                "/%2e%2e/etc",
+                Err(PathError::AboveRoot),
+            ),
             ("encoded slash", "/a%2Fb", Err(PathError::EncodedSlash)),
-            ("encoded slash lower", "/a%2fb", Err(PathError::EncodedSlash)),
-            ("encoded backslash", "/a%5cb", Err(PathError::EncodedBackslash)),
+            (
+                "encoded slash lower",
+                "/a%2fb",
+                Err(PathError::EncodedSlash),
+            ),
+            (
+                "encoded backslash",
+                "/a%5cb",
+                Err(PathError::EncodedBackslash),
+            ),
             ("encoded nul", "/a%00b", Err(PathError::EncodedControl)),
             ("encoded newline", "/a%0Ab", Err(PathError::EncodedControl)),
             ("encoded del", "/a%7fb", Err(PathError::EncodedControl)),
             ("raw backslash", "/a\\..\\admin", Err(PathError::Backslash)),
-            ("truncated escape", "/a%2", Err(PathError::BadPercentEncoding)),
+            (
+                "truncated escape",
+                "/a%2",
+                Err(PathError::BadPercentEncoding),
+            ),
             ("bad hex", "/a%zz", Err(PathError::BadPercentEncoding)),
             ("sign in hex", "/a%+1", Err(PathError::BadPercentEncoding)),
-            ("tomcat dotdot params", "/public/..;/admin", Err(PathError::DotSegmentWithParams)),
-            ("tomcat dot params", "/public/.;x/admin", Err(PathError::DotSegmentWithParams)),
+            (
+                "tomcat dotdot params",
+                "/public/..;/admin",
+                Err(PathError::DotSegmentWithParams),
+            ),
+            (
+                "tomcat dot params",
+                "/public/.;x/admin",
+                Err(PathError::DotSegmentWithParams),
+            ),
             ("asterisk form", "*", Err(PathError::NotOriginForm)),
             ("absolute form", "http://x/a", Err(PathError::NotOriginForm)),
             ("empty", "", Err(PathError::NotOriginForm)),
         ];
         for (name, input, expected) in cases {
             let got = normalize_path(input);
-            assert_eq!(got.as_deref().map_err(|e| *e), *expected, "case {name}: {input:?}");
+            assert_eq!(
+                got.as_deref().map_err(|e| *e),
+                *expected,
+                "case {name}: {input:?}"
+            );
         }
     }
 
     #[test]
     fn normal_paths_are_not_copied() {
-        assert!(matches!(normalize_path("/v2/items/42").unwrap(), std::borrow::Cow::Borrowed(_)));
+        assert!(matches!(
+            normalize_path("/v2/items/42").unwrap(),
+            std::borrow::Cow::Borrowed(_)
+        ));
     }
 }

@@ -202,29 +202,144 @@ mod tests {
     #[test]
     fn matcher_table() {
         let cases: Vec<(&str, RoleRule, bool)> = vec![
-            ("cn glob", RoleRule { cn: g("billing-*"), ..rule(&["R"]) }, true),
-            ("cn miss", RoleRule { cn: g("orders-*"), ..rule(&["R"]) }, false),
-            ("cn is case sensitive", RoleRule { cn: g("BILLING-*"), ..rule(&["R"]) }, false),
-            ("ou any value", RoleRule { ou: g("eu"), ..rule(&["R"]) }, true),
-            ("o exact", RoleRule { o: g("Acme"), ..rule(&["R"]) }, true),
-            ("subject whole dn", RoleRule { subject: g("CN=billing-api,*"), ..rule(&["R"]) }, true),
-            ("issuer cn", RoleRule { issuer_cn: g("Acme Clients CA"), ..rule(&["R"]) }, true),
-            ("dns case insensitive", RoleRule { dns: gi("*.INTERNAL"), ..rule(&["R"]) }, true),
-            ("uri", RoleRule { uri: g("spiffe://acme.org/*"), ..rule(&["R"]) }, true),
-            ("email case insensitive", RoleRule { email: gi("billing@acme.org"), ..rule(&["R"]) }, true),
-            ("spiffe id", RoleRule { spiffe_id: g("spiffe://acme.org/ns/pay/*"), ..rule(&["R"]) }, true),
-            ("fingerprint", RoleRule { fingerprint_sha256: gi(&"AB".repeat(32)), ..rule(&["R"]) }, true),
-            ("serial", RoleRule { serial: gi("1a2b"), ..rule(&["R"]) }, true),
-            ("and: both match", RoleRule { cn: g("billing-*"), ou: g("payments"), ..rule(&["R"]) }, true),
-            ("and: one misses", RoleRule { cn: g("billing-*"), ou: g("hr"), ..rule(&["R"]) }, false),
+            (
+                "cn glob",
+                RoleRule {
+                    cn: g("billing-*"),
+                    ..rule(&["R"])
+                },
+                true,
+            ),
+            (
+                "cn miss",
+                RoleRule {
+                    cn: g("orders-*"),
+                    ..rule(&["R"])
+                },
+                false,
+            ),
+            (
+                "cn is case sensitive",
+                RoleRule {
+                    cn: g("BILLING-*"),
+                    ..rule(&["R"])
+                },
+                false,
+            ),
+            (
+                "ou any value",
+                RoleRule {
+                    ou: g("eu"),
+                    ..rule(&["R"])
+                },
+                true,
+            ),
+            (
+                "o exact",
+                RoleRule {
+                    o: g("Acme"),
+                    ..rule(&["R"])
+                },
+                true,
+            ),
+            (
+                "subject whole dn",
+                RoleRule {
+                    subject: g("CN=billing-api,*"),
+                    ..rule(&["R"])
+                },
+                true,
+            ),
+            (
+                "issuer cn",
+                RoleRule {
+                    issuer_cn: g("Acme Clients CA"),
+                    ..rule(&["R"])
+                },
+                true,
+            ),
+            (
+                "dns case insensitive",
+                RoleRule {
+                    dns: gi("*.INTERNAL"),
+                    ..rule(&["R"])
+                },
+                true,
+            ),
+            (
+                "uri",
+                RoleRule {
+                    uri: g("spiffe://acme.org/*"),
+                    ..rule(&["R"])
+                },
+                true,
+            ),
+            (
+                "email case insensitive",
+                RoleRule {
+                    email: gi("billing@acme.org"),
+                    ..rule(&["R"])
+                },
+                true,
+            ),
+            (
+                "spiffe id",
+                RoleRule {
+                    spiffe_id: g("spiffe://acme.org/ns/pay/*"),
+                    ..rule(&["R"])
+                },
+                true,
+            ),
+            (
+                "fingerprint",
+                RoleRule {
+                    fingerprint_sha256: gi(&"AB".repeat(32)),
+                    ..rule(&["R"])
+                },
+                true,
+            ),
+            (
+                "serial",
+                RoleRule {
+                    serial: gi("1a2b"),
+                    ..rule(&["R"])
+                },
+                true,
+            ),
+            (
+                "and: both match",
+                RoleRule {
+                    cn: g("billing-*"),
+                    ou: g("payments"),
+                    ..rule(&["R"])
+                },
+                true,
+            ),
+            (
+                "and: one misses",
+                RoleRule {
+                    cn: g("billing-*"),
+                    ou: g("hr"),
+                    ..rule(&["R"])
+                },
+                false,
+            ),
             (
                 "several patterns: any",
-                RoleRule { cn: Some(vec![Glob::new("x", false), Glob::new("billing-api", false)]), ..rule(&["R"]) },
+                RoleRule {
+                    cn: Some(vec![Glob::new("x", false), Glob::new("billing-api", false)]),
+                    ..rule(&["R"])
+                },
                 true,
             ),
         ];
         for (name, rule, expected) in cases {
-            assert_eq!(rule.matches(&id()), expected, "case {name}: {}", rule.describe());
+            assert_eq!(
+                rule.matches(&id()),
+                expected,
+                "case {name}: {}",
+                rule.describe()
+            );
         }
     }
 
@@ -232,7 +347,10 @@ mod tests {
     fn absent_spiffe_id_never_matches() {
         let mut identity = id();
         identity.spiffe_id = None;
-        let r = RoleRule { spiffe_id: g("*"), ..rule(&["R"]) };
+        let r = RoleRule {
+            spiffe_id: g("*"),
+            ..rule(&["R"])
+        };
         assert!(!r.matches(&identity));
     }
 
@@ -241,9 +359,18 @@ mod tests {
         let mapper = RoleMapper::new(
             &["ROLE_BASE".into()],
             vec![
-                RoleRule { cn: g("billing-*"), ..rule(&["ROLE_USER", "ROLE_BASE"]) },
-                RoleRule { ou: g("hr"), ..rule(&["ROLE_HR"]) },
-                RoleRule { ou: g("payments"), ..rule(&["ROLE_ADMIN"]) },
+                RoleRule {
+                    cn: g("billing-*"),
+                    ..rule(&["ROLE_USER", "ROLE_BASE"])
+                },
+                RoleRule {
+                    ou: g("hr"),
+                    ..rule(&["ROLE_HR"])
+                },
+                RoleRule {
+                    ou: g("payments"),
+                    ..rule(&["ROLE_ADMIN"])
+                },
             ],
         );
         let roles = mapper.roles_for(&id());
@@ -256,7 +383,13 @@ mod tests {
 
     #[test]
     fn no_rule_matches_gives_only_defaults() {
-        let mapper = RoleMapper::new(&[], vec![RoleRule { cn: g("nope"), ..rule(&["ROLE_X"]) }]);
+        let mapper = RoleMapper::new(
+            &[],
+            vec![RoleRule {
+                cn: g("nope"),
+                ..rule(&["ROLE_X"])
+            }],
+        );
         assert_eq!(mapper.roles_for(&id()), Roles::default());
     }
 }

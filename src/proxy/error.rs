@@ -38,9 +38,13 @@ impl GatewayError {
         match self {
             GatewayError::BadPath(_) => StatusCode::BAD_REQUEST,
             GatewayError::HeadTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            GatewayError::Forbidden(_) | GatewayError::CertificateRejected(_) => StatusCode::FORBIDDEN,
+            GatewayError::Forbidden(_) | GatewayError::CertificateRejected(_) => {
+                StatusCode::FORBIDDEN
+            }
             GatewayError::NotFound => StatusCode::NOT_FOUND,
-            GatewayError::UpstreamConnect | GatewayError::UpstreamProtocol => StatusCode::BAD_GATEWAY,
+            GatewayError::UpstreamConnect | GatewayError::UpstreamProtocol => {
+                StatusCode::BAD_GATEWAY
+            }
             GatewayError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             GatewayError::Draining => StatusCode::SERVICE_UNAVAILABLE,
         }
@@ -71,7 +75,10 @@ impl GatewayError {
 
     /// Whether the client should not reuse the connection afterwards.
     fn closes_connection(&self) -> bool {
-        matches!(self, GatewayError::CertificateRejected(_) | GatewayError::Draining)
+        matches!(
+            self,
+            GatewayError::CertificateRejected(_) | GatewayError::Draining
+        )
     }
 
     pub fn into_response(self, request_id: &str) -> Response<ProxyBody> {
@@ -83,11 +90,17 @@ impl GatewayError {
     }
 }
 
-pub fn json_response(status: StatusCode, body: &serde_json::Value, close: bool) -> Response<ProxyBody> {
+pub fn json_response(
+    status: StatusCode,
+    body: &serde_json::Value,
+    close: bool,
+) -> Response<ProxyBody> {
     let mut resp = Response::new(Either::Right(Full::new(Bytes::from(body.to_string()))));
     *resp.status_mut() = status;
-    resp.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     if close {
         resp.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
@@ -103,10 +116,22 @@ mod tests {
     #[tokio::test]
     async fn every_variant_maps_to_its_status_and_json() {
         let cases = [
-            (GatewayError::BadPath(PathError::EncodedSlash), 400, "bad_path"),
-            (GatewayError::HeadTooLarge, 431, "request_header_fields_too_large"),
+            (
+                GatewayError::BadPath(PathError::EncodedSlash),
+                400,
+                "bad_path",
+            ),
+            (
+                GatewayError::HeadTooLarge,
+                431,
+                "request_header_fields_too_large",
+            ),
             (GatewayError::Forbidden("missing role"), 403, "forbidden"),
-            (GatewayError::CertificateRejected("revoked"), 403, "certificate_rejected"),
+            (
+                GatewayError::CertificateRejected("revoked"),
+                403,
+                "certificate_rejected",
+            ),
             (GatewayError::NotFound, 404, "not_found"),
             (GatewayError::UpstreamConnect, 502, "bad_gateway"),
             (GatewayError::UpstreamProtocol, 502, "bad_gateway"),

@@ -87,9 +87,9 @@ fn upstream_tls(cfg: &UpstreamConfig) -> Result<rustls::ClientConfig, LoadError>
     match &cfg.ca {
         Some(ca) => {
             for (file, cert) in load::load_ca_certs(std::slice::from_ref(ca), None)? {
-                roots
-                    .add(cert)
-                    .map_err(|e| LoadError::new(&file, format!("not usable as a trust anchor: {e}")))?;
+                roots.add(cert).map_err(|e| {
+                    LoadError::new(&file, format!("not usable as a trust anchor: {e}"))
+                })?;
             }
         }
         None if cfg.is_https() => {
@@ -101,7 +101,12 @@ fn upstream_tls(cfg: &UpstreamConfig) -> Result<rustls::ClientConfig, LoadError>
     }
     let builder = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
         .with_safe_default_protocol_versions()
-        .map_err(|e| LoadError::new(cfg.ca.as_deref().unwrap_or("upstream".as_ref()), e.to_string()))?
+        .map_err(|e| {
+            LoadError::new(
+                cfg.ca.as_deref().unwrap_or("upstream".as_ref()),
+                e.to_string(),
+            )
+        })?
         .with_root_certificates(roots);
     match (&cfg.client_cert, &cfg.client_key) {
         (Some(cert), Some(key)) => {

@@ -103,7 +103,10 @@ impl HandshakeFailure {
 /// Classifies an error from the TLS accept (an `io::Error` that may wrap a
 /// `rustls::Error`).
 pub fn classify_error(err: &std::io::Error) -> HandshakeFailure {
-    match err.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()) {
+    match err
+        .get_ref()
+        .and_then(|e| e.downcast_ref::<rustls::Error>())
+    {
         Some(e) => classify_rustls(e),
         None => HandshakeFailure::ProtocolError,
     }
