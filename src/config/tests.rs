@@ -263,6 +263,7 @@ fn environment_overrides_any_key() {
             ("CERTGATE_LISTENER__ADDRESS", "0.0.0.0:9443"),
             ("CERTGATE_LISTENER__MAX_CONNECTIONS", "50"),
             ("CERTGATE_RELOAD__WATCH", "false"),
+            ("CERTGATE_LISTENER__MIN_TLS_VERSION", "1.3"),
             ("CERTGATE_CLIENT_AUTH__CRLS", "[\"a.crl\", \"b.crl\"]"),
             ("CERTGATE_LOG", "debug"),
             ("CERTGATE_CONFIG", "/elsewhere.toml"),
@@ -272,6 +273,7 @@ fn environment_overrides_any_key() {
     assert_eq!(c.listener.address, "0.0.0.0:9443".parse().unwrap());
     assert_eq!(c.listener.max_connections, 50);
     assert!(!c.reload.watch);
+    assert_eq!(c.listener.min_tls_version, TlsVersion::V1_3);
     assert_eq!(c.client_auth.crls.len(), 2);
     let typo = parse_env(MINIMAL, &[("CERTGATE_LISTENER__ADRESS", "x")]).unwrap_err();
     assert!(typo.to_string().contains("adress"), "{typo}");
