@@ -48,6 +48,19 @@ impl ResolvesServerCert for ServerCerts {
     }
 }
 
+/// The TLS posture of the mTLS listener:
+///
+/// - TLS 1.2 and 1.3, or 1.3 only with `listener.min_tls_version = "1.3"`;
+///   rustls has no SSLv3/TLS 1.0/1.1 at all.
+/// - The aws-lc-rs provider's default suites, all AEAD with forward
+///   secrecy: TLS 1.3 AES-256-GCM, AES-128-GCM, ChaCha20-Poly1305; TLS 1.2
+///   ECDHE-ECDSA/ECDHE-RSA with the same three. rustls implements no CBC,
+///   RC4, 3DES, static-RSA or export suite. Key exchange: X25519, P-256,
+///   P-384, X25519MLKEM768.
+/// - No renegotiation and no compression: rustls implements neither (it
+///   refuses a ClientHello that does not offer null compression).
+/// - No 0-RTT early data (below), so no replayable requests upstream.
+///
 /// # Errors
 /// rustls refuses the protocol versions for the provider (never in practice).
 pub fn build_server_config(
