@@ -100,6 +100,13 @@ impl Metrics {
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
 
+        // process_resident_memory_bytes, process_open_fds, process_cpu_seconds_total...:
+        // what an operator checks first when connections pile up.
+        r.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))
+        .expect("process metrics register once");
+
         let m = Metrics {
             connections_active: gauge(
                 "certgate_connections_active",
