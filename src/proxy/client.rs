@@ -37,6 +37,8 @@ pub struct ClientContext {
     chain: Vec<CertificateDer<'static>>,
     pub identity: Identity,
     pub headers: IdentityHeaders,
+    /// `x-forwarded-for`, formatted once rather than per request.
+    pub forwarded_for: HeaderValue,
     authn: Mutex<Arc<Authn>>,
 }
 
@@ -62,6 +64,7 @@ impl ClientContext {
             chain,
             identity,
             headers,
+            forwarded_for: super::headers::forwarded_for(peer.ip()),
             authn: Mutex::new(Arc::new(Authn {
                 generation: state.generation,
                 outcome: Ok(granted),

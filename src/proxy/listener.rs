@@ -148,7 +148,7 @@ async fn handshake(
     state: &State,
     tcp: TcpStream,
     peer: SocketAddr,
-) -> Option<TlsStream<TcpStream>> {
+) -> Option<Box<TlsStream<TcpStream>>> {
     let started = Instant::now();
     let accept = TlsAcceptor::from(state.tls.clone()).accept(tcp);
     let accept = tokio::time::timeout(state.config.listener.handshake_timeout, accept);
@@ -164,7 +164,10 @@ async fn handshake(
     match outcome {
         Ok(Ok(tls)) => {
             gw.metrics.handshake_ok(started.elapsed().as_secs_f64());
-            Some(tls)
+            // Boxed: the stream (~1.2 KiB, mostly rustls state) would
+            // otherwise be laid out several times over in the connection
+            // task, which is kept for every open connection.
+            Some(Box::new(tls))
         }
         Ok(Err(e)) => {
             let reason = classify_error(&e);
@@ -183,7 +186,7 @@ async fn handshake(
 /// HTTP over an established TLS connection, with the connection's timers.
 async fn serve_http(
     gw: Arc<Gateway>,
-    tls: TlsStream<TcpStream>,
+    tls: Box<TlsStream<TcpStream>>,
     client: Arc<ClientContext>,
     limits: &ListenerConfig,
 ) {
@@ -200,9 +203,12 @@ async fn serve_http(
         let gw = gw.clone();
         service_fn(move |req| {
             let in_flight = activity.begin();
-            let handled = service::handle(gw.clone(), client.clone(), req);
+            let (gw, client) = (gw.clone(), client.clone());
+            // `handle` is called inside the block: a future captured by an
+            // `async` block takes its size twice there (capture and awaitee),
+            // and hyper keeps a slot of this block's size per connection.
             async move {
-                let resp = handled.await?;
+                let resp = service::handle(gw, client, req).await?;
                 // The request stays in flight until its response body is
                 // sent, so a long download is not mistaken for idleness.
                 Ok::<_, Infallible>(resp.map(|body| Tracked {
@@ -406,7 +412,7 @@ impl Drop for InFlight {
 
 /// The TLS stream, reporting reads to the connection's [`Activity`].
 struct Watched {
-    inner: TlsStream<TcpStream>,
+    inner: Box<TlsStream<TcpStream>>,
     activity: Arc<Activity>,
 }
 
