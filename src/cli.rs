@@ -12,7 +12,11 @@ use crate::daemon::{self, EXIT_CONFIG, EXIT_RUNTIME};
 use crate::{config, devpki, echo, inspect};
 
 #[derive(Debug, Parser)]
-#[command(name = "certgate", version, about = "mTLS gateway: verified client certificates in, identity headers out")]
+#[command(
+    name = "certgate",
+    version,
+    about = "mTLS gateway: verified client certificates in, identity headers out"
+)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -73,15 +77,27 @@ pub fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
-            return if e.use_stderr() { ExitCode::from(EXIT_CONFIG) } else { ExitCode::SUCCESS };
+            return if e.use_stderr() {
+                ExitCode::from(EXIT_CONFIG)
+            } else {
+                ExitCode::SUCCESS
+            };
         }
     };
     match cli.command {
         Command::Run { config } => daemon::run(&config::resolve_path(config.as_deref())),
         Command::Check { config } => check(&config::resolve_path(config.as_deref())),
-        Command::Explain { config, cert, path, method } => {
-            explain(&config::resolve_path(config.as_deref()), &cert, &path, &method)
-        }
+        Command::Explain {
+            config,
+            cert,
+            path,
+            method,
+        } => explain(
+            &config::resolve_path(config.as_deref()),
+            &cert,
+            &path,
+            &method,
+        ),
         Command::DevPki { out } => dev_pki(&out),
         Command::Demo { dir } => demo(&dir),
         Command::Echo { listen } => echo_only(listen),
@@ -112,7 +128,11 @@ fn explain(path: &Path, cert: &Path, req_path: &str, method: &str) -> ExitCode {
     match inspect::explain(&state, cert, req_path, method) {
         Ok(x) => {
             print!("{}", x.report);
-            if x.allowed { ExitCode::SUCCESS } else { ExitCode::from(EXIT_RUNTIME) }
+            if x.allowed {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(EXIT_RUNTIME)
+            }
         }
         Err(e) => {
             eprintln!("certgate: {e}");
@@ -125,7 +145,10 @@ fn dev_pki(out: &Path) -> ExitCode {
     crate::tls::install_provider();
     match devpki::generate(out) {
         Ok(()) => {
-            println!("wrote a development PKI and certgate.toml to {}", out.display());
+            println!(
+                "wrote a development PKI and certgate.toml to {}",
+                out.display()
+            );
             println!("  CA: ca.pem / ca.key; CRL: crl.pem; server: server.pem / server.key");
             println!("  PKCS#12: server.p12 (password in server.p12.password), ca-truststore.p12 (no password)");
             for (name, what) in devpki::CLIENTS {
@@ -169,7 +192,12 @@ fn demo(dir: &Path) -> ExitCode {
     let Some(rt) = runtime() else {
         return ExitCode::from(EXIT_RUNTIME);
     };
-    let upstream = config.upstream.url.authority().map(|a| a.as_str().to_owned()).unwrap_or_default();
+    let upstream = config
+        .upstream
+        .url
+        .authority()
+        .map(|a| a.as_str().to_owned())
+        .unwrap_or_default();
     let code = rt.block_on(async move {
         let addr: SocketAddr = match upstream.parse() {
             Ok(a) => a,
@@ -188,7 +216,10 @@ fn demo(dir: &Path) -> ExitCode {
             }
         }
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let dir_shown = config_file.parent().map(Path::to_path_buf).unwrap_or_default();
+        let dir_shown = config_file
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
         tokio::spawn(async move {
             if let Ok(addr) = rx.await {
                 print_demo_commands(&dir_shown, addr);
@@ -202,14 +233,27 @@ fn demo(dir: &Path) -> ExitCode {
 fn print_demo_commands(dir: &Path, addr: SocketAddr) {
     let d = dir.display();
     let url = format!("https://localhost:{}", addr.port());
-    let curl = |who: &str| format!("curl --cacert {d}/ca.pem --cert {d}/{who}.pem --key {d}/{who}.key");
+    let curl =
+        |who: &str| format!("curl --cacert {d}/ca.pem --cert {d}/{who}.pem --key {d}/{who}.key");
     println!("\ncertgate demo is listening on {url} (Ctrl-C to stop). Try:\n");
     println!("  {} {url}/.certgate/whoami", curl("user"));
-    println!("  {} {url}/api/orders                 # 200: ROLE_USER may GET /api", curl("user"));
-    println!("  {} -X POST {url}/api/orders         # 403: POST needs ROLE_ADMIN", curl("user"));
+    println!(
+        "  {} {url}/api/orders                 # 200: ROLE_USER may GET /api",
+        curl("user")
+    );
+    println!(
+        "  {} -X POST {url}/api/orders         # 403: POST needs ROLE_ADMIN",
+        curl("user")
+    );
     println!("  {} -X POST {url}/api/orders        # 200", curl("admin"));
-    println!("  {} {url}/api/orders             # 403: no roles", curl("unmapped"));
-    println!("  {} {url}/api/orders              # handshake refused: revoked", curl("revoked"));
+    println!(
+        "  {} {url}/api/orders             # 403: no roles",
+        curl("unmapped")
+    );
+    println!(
+        "  {} {url}/api/orders              # handshake refused: revoked",
+        curl("revoked")
+    );
     println!("  curl --cacert {d}/ca.pem {url}/api/orders                                  # handshake refused: no certificate");
     println!("  curl http://127.0.0.1:9464/metrics\n");
 }

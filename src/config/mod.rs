@@ -333,7 +333,10 @@ fn parse_with_overrides(
 
 fn env_value(value: &str) -> toml::Value {
     let probe = format!("v = {value}");
-    match toml::from_str::<toml::Table>(&probe).ok().and_then(|mut t| t.remove("v")) {
+    match toml::from_str::<toml::Table>(&probe)
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+    {
         // No key takes a float: `1.3` (min_tls_version) is meant as text.
         Some(toml::Value::Float(_)) | None => toml::Value::String(value.to_owned()),
         Some(v) => v,

@@ -78,7 +78,11 @@ impl ClientContext {
     /// # Errors
     /// [`GatewayError::CertificateRejected`] when the certificate has expired
     /// since the handshake or the current state no longer accepts the chain.
-    pub fn authenticate(&self, state: &State, metrics: &Metrics) -> Result<Arc<Authn>, GatewayError> {
+    pub fn authenticate(
+        &self,
+        state: &State,
+        metrics: &Metrics,
+    ) -> Result<Arc<Authn>, GatewayError> {
         if crate::clock::unix_now() > self.identity.not_after_unix {
             return Err(GatewayError::CertificateRejected("certificate expired"));
         }
@@ -101,9 +105,10 @@ impl ClientContext {
     }
 
     fn recheck(&self, state: &State, metrics: &Metrics) -> Authn {
-        let verified = state
-            .verifier
-            .verify_client_cert(&self.chain[0], &self.chain[1..], UnixTime::now());
+        let verified =
+            state
+                .verifier
+                .verify_client_cert(&self.chain[0], &self.chain[1..], UnixTime::now());
         let outcome = match verified {
             Ok(_) => Ok(grant(&self.identity, state, metrics)),
             Err(e) => {
@@ -154,7 +159,8 @@ fn grant(identity: &Identity, state: &State, metrics: &Metrics) -> Granted {
     }
     let joined = roles.joined();
     Granted {
-        roles_header: HeaderValue::from_str(&joined).unwrap_or_else(|_| HeaderValue::from_static("")),
+        roles_header: HeaderValue::from_str(&joined)
+            .unwrap_or_else(|_| HeaderValue::from_static("")),
         roles,
     }
 }

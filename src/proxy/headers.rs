@@ -215,7 +215,8 @@ pub fn sane_request_id(v: &HeaderValue) -> bool {
     let b = v.as_bytes();
     !b.is_empty()
         && b.len() <= 128
-        && b.iter().all(|c| c.is_ascii_alphanumeric() || b"-_.:/+=@".contains(c))
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || b"-_.:/+=@".contains(c))
 }
 
 #[cfg(test)]
@@ -249,7 +250,10 @@ mod tests {
             "forwarded",
             "x-real-ip",
         ] {
-            h.append(HeaderName::from_bytes(name.as_bytes()).unwrap(), HeaderValue::from_static("forged"));
+            h.append(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_static("forged"),
+            );
         }
         h.insert("accept", HeaderValue::from_static("*/*"));
         let ids = IdentityHeaders::new(&identity(), b"der");
@@ -288,7 +292,10 @@ mod tests {
             &Forwarding {
                 identity: &ids,
                 roles: &roles,
-                options: IdentityConfig { forward_cert: true, xfcc: true },
+                options: IdentityConfig {
+                    forward_cert: true,
+                    xfcc: true,
+                },
                 forwarded_for: &forwarded_for("::1".parse().unwrap()),
                 request_id: &rid,
             },
@@ -304,7 +311,10 @@ mod tests {
     #[test]
     fn hop_by_hop_and_connection_named_headers_are_removed() {
         let mut h = HeaderMap::new();
-        h.insert("connection", HeaderValue::from_static("Keep-Alive, X-Secret"));
+        h.insert(
+            "connection",
+            HeaderValue::from_static("Keep-Alive, X-Secret"),
+        );
         h.insert("x-secret", HeaderValue::from_static("1"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert("upgrade", HeaderValue::from_static("websocket"));
@@ -319,6 +329,8 @@ mod tests {
         assert!(sane_request_id(&HeaderValue::from_static("abc-123_x.y:z")));
         assert!(!sane_request_id(&HeaderValue::from_static("")));
         assert!(!sane_request_id(&HeaderValue::from_static("has space")));
-        assert!(!sane_request_id(&HeaderValue::from_str(&"a".repeat(129)).unwrap()));
+        assert!(!sane_request_id(
+            &HeaderValue::from_str(&"a".repeat(129)).unwrap()
+        ));
     }
 }

@@ -17,4 +17,5 @@ pub(crate) use service::{INTERNAL_PREFIX, WHOAMI};
 pub use upstream::Upstream;
 
 /// Response bodies are either streamed from the upstream or made here.
-pub type ProxyBody = http_body_util::Either<hyper::body::Incoming, http_body_util::Full<bytes::Bytes>>;
+pub type ProxyBody =
+    http_body_util::Either<hyper::body::Incoming, http_body_util::Full<bytes::Bytes>>;

@@ -63,9 +63,17 @@ pub async fn handle(
     };
     resp.headers_mut().insert(&X_REQUEST_ID, request_id.clone());
     let elapsed = started.elapsed();
-    gw.metrics.request_done(resp.status(), elapsed.as_secs_f64());
+    gw.metrics
+        .request_done(resp.status(), elapsed.as_secs_f64());
     if state.config.log.access_log {
-        access_log(&client, &method, resp.status(), &request_id, &outcome, elapsed);
+        access_log(
+            &client,
+            &method,
+            resp.status(),
+            &request_id,
+            &outcome,
+            elapsed,
+        );
     }
     Ok(resp)
 }
@@ -106,7 +114,10 @@ async fn process(
         return internal_endpoint(&path, req.method(), client, &authn);
     }
 
-    match state.authz.authorize(&path, req.method().as_str(), &granted.roles) {
+    match state
+        .authz
+        .authorize(&path, req.method().as_str(), &granted.roles)
+    {
         Decision::Allow { .. } => {}
         Decision::Deny { reason, .. } => return Err(GatewayError::Forbidden(reason)),
     }
