@@ -3,6 +3,14 @@
 
 /// A compiled pattern. DNS names and email addresses compare
 /// case-insensitively; everything else exactly.
+///
+/// ```
+/// use certgate::policy::Glob;
+///
+/// assert!(Glob::new("billing-*", false).matches("billing-api"));
+/// assert!(!Glob::new("billing-*", false).matches("Billing-api"));
+/// assert!(Glob::new("*.example.org", true).matches("API.example.ORG"));
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Glob {
     pattern: String,

@@ -30,6 +30,14 @@ pub enum PathError {
 /// unreserved characters, upper-cases the hex of the escapes it keeps,
 /// collapses repeated `/`, and resolves `.` and `..` segments.
 ///
+/// ```
+/// use certgate::policy::{normalize_path, PathError};
+///
+/// assert_eq!(normalize_path("//api/./v1/%2e%2e/v2/%7Euser").unwrap(), "/api/v2/~user");
+/// assert_eq!(normalize_path("/public/..;/admin"), Err(PathError::DotSegmentWithParams));
+/// assert_eq!(normalize_path("/a%2Fb"), Err(PathError::EncodedSlash));
+/// ```
+///
 /// # Errors
 /// Targets that are not origin-form, `%2F`, `%5C`, encoded control bytes
 /// (`%00`–`%1F`, `%7F`), malformed escapes, backslashes, `..` above the root,
