@@ -60,15 +60,7 @@ fn role_rules(n: usize) -> Vec<RoleRule> {
                 roles,
                 cn: Some(vec![Glob::new(&cn, false)]),
                 ou: Some(vec![Glob::new("payments", false)]),
-                o: None,
-                subject: None,
-                issuer_cn: None,
-                dns: None,
-                uri: None,
-                email: None,
-                spiffe_id: None,
-                fingerprint_sha256: None,
-                serial: None,
+                ..RoleRule::default()
             }
         })
         .collect()

@@ -9,7 +9,7 @@ use crate::identity::Identity;
 /// One `[[roles.map]]` rule. Each matcher that is present must match (AND);
 /// a matcher with several patterns, or a field with several values, matches
 /// when any pattern matches any value.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct RoleRule {
     pub roles: Vec<String>,
     pub cn: Option<Vec<Glob>>,
@@ -177,17 +177,7 @@ mod tests {
     fn rule(roles: &[&str]) -> RoleRule {
         RoleRule {
             roles: roles.iter().map(|r| r.to_string()).collect(),
-            cn: None,
-            ou: None,
-            o: None,
-            subject: None,
-            issuer_cn: None,
-            dns: None,
-            uri: None,
-            email: None,
-            spiffe_id: None,
-            fingerprint_sha256: None,
-            serial: None,
+            ..RoleRule::default()
         }
     }
 

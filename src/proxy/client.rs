@@ -57,7 +57,7 @@ impl ClientContext {
             .first()
             .ok_or_else(|| crate::identity::IdentityError::Parse("no client certificate".into()))?;
         let identity = Identity::from_der(leaf)?;
-        let headers = IdentityHeaders::new(&identity, leaf);
+        let headers = IdentityHeaders::new(&identity);
         let granted = grant(&identity, state, metrics);
         Ok(ClientContext {
             peer,
@@ -129,6 +129,13 @@ impl ClientContext {
             generation: state.generation,
             outcome,
         }
+    }
+}
+
+impl ClientContext {
+    /// The client's leaf certificate (DER).
+    pub fn leaf_der(&self) -> &[u8] {
+        &self.chain[0]
     }
 }
 

@@ -4,6 +4,7 @@
 //! connection; per request only `HeaderValue` clones (reference counts) happen.
 
 use std::net::IpAddr;
+use std::sync::OnceLock;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
@@ -32,8 +33,10 @@ static HTTPS: HeaderValue = HeaderValue::from_static("https");
 #[derive(Debug, Clone)]
 pub struct IdentityHeaders {
     always: Vec<(&'static HeaderName, HeaderValue)>,
-    cert: HeaderValue,
-    xfcc: HeaderValue,
+    /// Built on first use: most deployments enable neither option, and the
+    /// handshake path should not pay for them.
+    cert: OnceLock<HeaderValue>,
+    xfcc: OnceLock<HeaderValue>,
 }
 
 fn value(s: &str) -> HeaderValue {
@@ -43,7 +46,7 @@ fn value(s: &str) -> HeaderValue {
 }
 
 impl IdentityHeaders {
-    pub fn new(id: &Identity, leaf_der: &[u8]) -> IdentityHeaders {
+    pub fn new(id: &Identity) -> IdentityHeaders {
         let mut always = vec![
             (&X_CLIENT_SUBJECT, value(&id.subject)),
             (&X_CLIENT_ISSUER, value(&id.issuer)),
@@ -65,8 +68,8 @@ impl IdentityHeaders {
         }
         IdentityHeaders {
             always,
-            cert: value(&url_encoded_pem(leaf_der)),
-            xfcc: value(&xfcc(id)),
+            cert: OnceLock::new(),
+            xfcc: OnceLock::new(),
         }
     }
 }
@@ -170,6 +173,9 @@ fn remove_where(headers: &mut HeaderMap, pred: fn(&HeaderName) -> bool) {
 /// Per-request inputs to [`prepare_request_headers`].
 pub struct Forwarding<'a> {
     pub identity: &'a IdentityHeaders,
+    /// The parsed identity and leaf DER, for the optional headers built lazily.
+    pub id: &'a Identity,
+    pub leaf_der: &'a [u8],
     pub roles: &'a HeaderValue,
     pub options: IdentityConfig,
     /// [`forwarded_for`] of the client, made once per connection.
@@ -191,10 +197,15 @@ pub fn prepare_request_headers(headers: &mut HeaderMap, f: &Forwarding<'_>) {
     }
     headers.insert(&X_CLIENT_ROLES, f.roles.clone());
     if f.options.forward_cert {
-        headers.insert(&X_CLIENT_CERT, f.identity.cert.clone());
+        let cert = f
+            .identity
+            .cert
+            .get_or_init(|| value(&url_encoded_pem(f.leaf_der)));
+        headers.insert(&X_CLIENT_CERT, cert.clone());
     }
     if f.options.xfcc {
-        headers.insert(&X_FORWARDED_CLIENT_CERT, f.identity.xfcc.clone());
+        let xfcc = f.identity.xfcc.get_or_init(|| value(&xfcc(f.id)));
+        headers.insert(&X_FORWARDED_CLIENT_CERT, xfcc.clone());
     }
     headers.insert(&X_FORWARDED_FOR, f.forwarded_for.clone());
     headers.insert(&X_FORWARDED_PROTO, HTTPS.clone());
@@ -256,13 +267,16 @@ mod tests {
             );
         }
         h.insert("accept", HeaderValue::from_static("*/*"));
-        let ids = IdentityHeaders::new(&identity(), b"der");
+        let id = identity();
+        let ids = IdentityHeaders::new(&id);
         let roles = HeaderValue::from_static("ROLE_USER");
         let rid = HeaderValue::from_static("rid");
         prepare_request_headers(
             &mut h,
             &Forwarding {
                 identity: &ids,
+                id: &id,
+                leaf_der: b"der-bytes",
                 roles: &roles,
                 options: IdentityConfig::default(),
                 forwarded_for: &forwarded_for("127.0.0.9".parse().unwrap()),
@@ -284,13 +298,16 @@ mod tests {
     #[test]
     fn optional_certificate_headers() {
         let mut h = HeaderMap::new();
-        let ids = IdentityHeaders::new(&identity(), b"der-bytes");
+        let id = identity();
+        let ids = IdentityHeaders::new(&id);
         let roles = HeaderValue::from_static("");
         let rid = HeaderValue::from_static("rid");
         prepare_request_headers(
             &mut h,
             &Forwarding {
                 identity: &ids,
+                id: &id,
+                leaf_der: b"der-bytes",
                 roles: &roles,
                 options: IdentityConfig {
                     forward_cert: true,

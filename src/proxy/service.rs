@@ -142,6 +142,8 @@ async fn process(
         &mut parts.headers,
         &Forwarding {
             identity: &client.headers,
+            id: &client.identity,
+            leaf_der: client.leaf_der(),
             roles: &granted.roles_header,
             options: state.config.identity,
             forwarded_for: &client.forwarded_for,
