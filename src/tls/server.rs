@@ -1,5 +1,5 @@
 //! The rustls `ServerConfig` of one state generation: protocol versions,
-//! ALPN, the client verifier, fresh session storage, and certificate
+//! ALPN, the client verifier, fresh resumption keys, and certificate
 //! selection by SNI. The resolver only looks into maps built at load time;
 //! the handshake never does I/O.
 
@@ -13,8 +13,9 @@ use rustls::ServerConfig;
 
 use crate::config::TlsVersion;
 
-/// Session cache entries per generation (TLS 1.3 stateful resumption).
-const SESSION_CACHE_SIZE: usize = 4096;
+/// Session-ID cache entries per generation, for TLS 1.2 clients that do
+/// not take tickets.
+const SESSION_CACHE_SIZE: usize = 1024;
 
 /// Server certificates: the default and those chosen by SNI.
 #[derive(Debug)]
@@ -77,8 +78,14 @@ pub fn build_server_config(
         .with_client_cert_verifier(verifier)
         .with_cert_resolver(certs);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    // A new cache per generation: a session from an older generation cannot
-    // resume under the new trust settings (STYLE: resumption is a boundary).
+    // Resumption by stateless tickets (AES-256-CBC + HMAC-SHA256 under
+    // random in-memory keys, rotated every 6 hours): any number of clients
+    // can resume and the gateway stores nothing per session, where a cache
+    // holds ~1 KiB per session (the client chain included) and forgets
+    // sessions once full. Fresh keys and a fresh session-ID cache per
+    // generation: a session from an older generation cannot resume under
+    // the new trust settings (STYLE: resumption is a boundary).
+    config.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()?;
     config.session_storage = ServerSessionMemoryCache::new(SESSION_CACHE_SIZE);
     // No 0-RTT: replayable requests must not reach the upstream.
     config.max_early_data_size = 0;
