@@ -71,6 +71,8 @@ fn status(gw: &Gateway) -> Response<Full<Bytes>> {
         "draining": gw.is_draining(),
         "upstream": state.config.upstream.url.to_string(),
         "connections_active": gw.metrics.connections_active.get(),
+        // Distinct client certificate chains behind those connections.
+        "client_certificates_active": gw.credentials.active(),
         "loaded_at": crate::identity::rfc3339(state.loaded_at_unix),
         "last_reload": {
             "attempt": reload.last_attempt_unix.map(crate::identity::rfc3339),

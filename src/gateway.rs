@@ -10,6 +10,7 @@ use http::HeaderValue;
 use tokio::sync::watch;
 
 use crate::metrics::Metrics;
+use crate::proxy::Credentials;
 use crate::state::State;
 
 /// What `/status` reports about reloads.
@@ -23,6 +24,8 @@ pub struct ReloadStatus {
 pub struct Gateway {
     state: ArcSwap<State>,
     pub metrics: Arc<Metrics>,
+    /// Client credentials shared by the open connections that present them.
+    pub credentials: Arc<Credentials>,
     draining: watch::Sender<bool>,
     request_id_prefix: u64,
     request_counter: AtomicU64,
@@ -42,6 +45,7 @@ impl Gateway {
             }),
             state: ArcSwap::from_pointee(state),
             metrics,
+            credentials: Arc::default(),
             draining: watch::channel(false).0,
             request_id_prefix: u64::from_be_bytes(prefix),
             request_counter: AtomicU64::new(0),

@@ -1,16 +1,23 @@
-//! The mTLS data path: accept loop and per-connection TLS + HTTP serving
-//! (`listener`), the verified client of one connection (`client`), the
-//! per-request pipeline (`service`), header rewriting (`headers`), the
-//! upstream client (`upstream`) and gateway-made error responses (`error`).
+//! The mTLS data path: accept loop and TLS handshake (`listener`), HTTP
+//! serving under the connection's timers (`connection`, `activity`), the
+//! verified client of one connection (`client`) and the credential it
+//! shares with the client's other connections (`credential`), the per-request pipeline
+//! (`service`), header rewriting (`headers`), the upstream client
+//! (`upstream`) and gateway-made error responses (`error`).
 
+mod activity;
 mod client;
+mod connection;
+mod credential;
 mod error;
 pub mod headers;
 mod listener;
 mod service;
 mod upstream;
 
+pub use activity::RequestBody;
 pub use client::ClientContext;
+pub use credential::Credentials;
 pub use error::{json_response, GatewayError};
 pub use listener::serve;
 pub(crate) use service::{INTERNAL_PREFIX, WHOAMI};

@@ -9,11 +9,11 @@ use std::time::{Duration, Instant};
 use http::uri::PathAndQuery;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode, Version};
 use http_body_util::Either;
-use hyper::body::Incoming;
 
-use super::client::{Authn, ClientContext};
+use super::client::ClientContext;
+use super::credential::Authn;
 use super::headers::{self, Forwarding, X_REQUEST_ID};
-use super::{json_response, GatewayError, ProxyBody};
+use super::{json_response, GatewayError, ProxyBody, RequestBody};
 use crate::gateway::Gateway;
 use crate::policy::{normalize_path, Decision, PathError};
 use crate::state::State;
@@ -35,7 +35,7 @@ struct Outcome {
 pub async fn handle(
     gw: Arc<Gateway>,
     client: Arc<ClientContext>,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let started = Instant::now();
     let request_id = match req.headers().get(&X_REQUEST_ID) {
@@ -82,7 +82,7 @@ async fn process(
     gw: &Gateway,
     state: &State,
     client: &ClientContext,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
     request_id: &HeaderValue,
     outcome: &mut Outcome,
 ) -> Result<Response<ProxyBody>, GatewayError> {
@@ -141,9 +141,9 @@ async fn process(
     headers::prepare_request_headers(
         &mut parts.headers,
         &Forwarding {
-            identity: &client.headers,
-            id: &client.identity,
-            leaf_der: client.leaf_der(),
+            identity: &client.credential.headers,
+            id: &client.credential.identity,
+            leaf_der: client.credential.leaf_der(),
             roles: &granted.roles_header,
             options: state.config.identity,
             forwarded_for: &client.forwarded_for,
@@ -168,7 +168,7 @@ fn internal_endpoint(
     if path != WHOAMI || (method != Method::GET && method != Method::HEAD) {
         return Err(GatewayError::NotFound);
     }
-    let id = &client.identity;
+    let id = &client.credential.identity;
     let body = serde_json::json!({
         "subject": id.subject,
         "issuer": id.issuer,
@@ -196,8 +196,8 @@ fn access_log(
         target: "certgate::access",
         request_id = request_id.to_str().unwrap_or(""),
         peer = %client.peer,
-        subject = %client.identity.subject,
-        fingerprint = %client.identity.fingerprint_sha256,
+        subject = %client.credential.identity.subject,
+        fingerprint = %client.credential.identity.fingerprint_sha256,
         roles = outcome.roles.as_ref().and_then(|r| r.to_str().ok()).unwrap_or(""),
         method = %method,
         path = outcome.path.as_deref().unwrap_or(""),

@@ -12,7 +12,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-use super::GatewayError;
+use super::{GatewayError, RequestBody};
 use crate::config::UpstreamConfig;
 use crate::tls::load::{self, LoadError};
 
@@ -20,7 +20,7 @@ use crate::tls::load::{self, LoadError};
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
 pub struct Upstream {
-    client: Client<HttpsConnector<HttpConnector>, Incoming>,
+    client: Client<HttpsConnector<HttpConnector>, RequestBody>,
     scheme: Scheme,
     authority: Authority,
     timeout: Duration,
@@ -66,7 +66,10 @@ impl Upstream {
     }
 
     /// Sends the request and waits for the response head, at most `upstream.timeout`.
-    pub async fn send(&self, req: Request<Incoming>) -> Result<Response<Incoming>, GatewayError> {
+    pub async fn send(
+        &self,
+        req: Request<RequestBody>,
+    ) -> Result<Response<Incoming>, GatewayError> {
         match tokio::time::timeout(self.timeout, self.client.request(req)).await {
             Err(_) => Err(GatewayError::UpstreamTimeout),
             Ok(Ok(resp)) => Ok(resp),

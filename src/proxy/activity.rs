@@ -1,0 +1,427 @@
+//! What one client connection is doing, as its timers and its HTTP/1 idle
+//! release need to know: requests in flight, when the last one started or
+//! finished, when the bytes of an unfinished request head began, whether
+//! the current request body has been read to its end, and whether the
+//! transport has unflushed writes or is waiting for the client.
+//!
+//! The service and the bodies report into it ([`Activity::begin`],
+//! [`InFlight`], [`RequestBody`]); the I/O wrapper reports reads and
+//! writes. The connection loop (`connection.rs`) reads it.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::Request;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use tokio::sync::Notify;
+
+use crate::config::ListenerConfig;
+
+/// How long a connection that was asked to close (idle or draining) and has
+/// nothing in flight may take to do so before it is dropped: an HTTP/2 peer
+/// that never answers the GOAWAY ping must not hold it open.
+pub(super) const CLOSE_GRACE: Duration = Duration::from_secs(5);
+
+/// Why a connection's timer fired.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Expiry {
+    /// An HTTP/1 request head was started (or, for the first request, the
+    /// handshake finished) and is still incomplete after `header_timeout`.
+    HeadTimeout,
+    /// Nothing in flight for `idle_timeout`: close gracefully.
+    Idle,
+    /// Asked to close, nothing in flight, still open after [`CLOSE_GRACE`].
+    Abandon,
+}
+
+/// What one connection is doing.
+pub(super) struct Activity {
+    inner: Mutex<Snapshot>,
+    /// Only HTTP/1 has request heads to time: HTTP/2 frames (pings, window
+    /// updates) arrive on idle connections too.
+    tracks_heads: bool,
+    /// The transport was handed bytes to write that no successful flush has
+    /// confirmed since (hyper flushes only once its own buffer is empty).
+    unflushed: AtomicBool,
+    /// The last read found nothing to read.
+    read_blocked: AtomicBool,
+    /// Wakes the connection loop when its next deadline may have moved
+    /// earlier: a head started, or the last in-flight request finished.
+    pub(super) changed: Notify,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Snapshot {
+    pub(super) in_flight: usize,
+    /// When the last request started or finished (or the handshake ended).
+    pub(super) last: Instant,
+    /// When the bytes of a not yet complete HTTP/1 request head began.
+    pub(super) head_started: Option<Instant>,
+    /// The latest HTTP/1 request's body has not been read to its end.
+    pub(super) request_body_open: bool,
+}
+
+impl Snapshot {
+    /// The next deadline and what happens when it passes; `None` while
+    /// requests are in flight (their own timeouts bound them).
+    pub(super) fn next_expiry(
+        &self,
+        limits: &ListenerConfig,
+        closing_since: Option<Instant>,
+    ) -> Option<(Instant, Expiry)> {
+        if let Some(started) = self.head_started {
+            return Some((started + limits.header_timeout, Expiry::HeadTimeout));
+        }
+        if self.in_flight > 0 {
+            return None;
+        }
+        Some(match closing_since {
+            None => (self.last + limits.idle_timeout, Expiry::Idle),
+            Some(since) => (self.last.max(since) + CLOSE_GRACE, Expiry::Abandon),
+        })
+    }
+}
+
+impl Activity {
+    pub(super) fn new(http1: bool) -> Activity {
+        let now = Instant::now();
+        Activity {
+            inner: Mutex::new(Snapshot {
+                in_flight: 0,
+                last: now,
+                // The first request head is due within header_timeout of the
+                // handshake, whether or not any byte of it arrives.
+                head_started: http1.then_some(now),
+                request_body_open: false,
+            }),
+            tracks_heads: http1,
+            unflushed: AtomicBool::new(false),
+            read_blocked: AtomicBool::new(false),
+            changed: Notify::new(),
+        }
+    }
+
+    pub(super) fn snapshot(&self) -> Snapshot {
+        *self.lock()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Snapshot> {
+        self.inner.lock().expect("activity lock poisoned")
+    }
+
+    /// hyper parsed a request head and called the service. The request is
+    /// in flight until the returned guard is dropped; its body is wrapped
+    /// so that the connection learns when it has been read to its end.
+    pub(super) fn begin(
+        self: &Arc<Self>,
+        req: Request<Incoming>,
+    ) -> (InFlight, Request<RequestBody>) {
+        let open = self.tracks_heads && !req.body().is_end_stream();
+        let req = req.map(|inner| RequestBody {
+            inner,
+            on_end: open.then(|| self.clone()),
+        });
+        (self.begin_request(open), req)
+    }
+
+    fn begin_request(self: &Arc<Self>, body_open: bool) -> InFlight {
+        let mut s = self.lock();
+        s.in_flight += 1;
+        s.last = Instant::now();
+        s.head_started = None;
+        // HTTP/1 is one request at a time: hyper parses a head only after
+        // the previous body was read or discarded.
+        s.request_body_open = body_open;
+        InFlight(self.clone())
+    }
+
+    /// Bytes arrived from the client. With no request in flight on an
+    /// HTTP/1 connection they are the start of the next head. (Bytes that
+    /// arrive together with a previous request are not seen as a head start
+    /// here; if they do not make a whole head, the connection loop starts
+    /// the head clock when it sets the hyper connection aside.)
+    pub(super) fn received(&self) {
+        self.read_blocked.store(false, Ordering::Relaxed);
+        if !self.tracks_heads {
+            return;
+        }
+        let mut s = self.lock();
+        if s.in_flight == 0 && s.head_started.is_none() {
+            s.head_started = Some(Instant::now());
+            self.changed.notify_one();
+        }
+    }
+
+    /// A read found nothing (or ended the stream).
+    pub(super) fn read_blocked(&self, blocked: bool) {
+        self.read_blocked.store(blocked, Ordering::Relaxed);
+    }
+
+    /// Bytes were offered to the transport (whether or not it took them).
+    pub(super) fn wrote(&self) {
+        self.unflushed.store(true, Ordering::Relaxed);
+    }
+
+    /// A flush completed: nothing the HTTP layer wrote is still buffered.
+    pub(super) fn flushed(&self) {
+        self.unflushed.store(false, Ordering::Relaxed);
+    }
+
+    /// Whether an HTTP/1 connection sits between requests with nothing of
+    /// its own to do, so that its HTTP state may be set aside until the
+    /// client sends again: no request in flight, the last request body read
+    /// to its end (so the next bytes are a head, never body bytes), no head
+    /// begun, every response byte flushed, and the last read found nothing.
+    pub(super) fn between_requests(&self) -> bool {
+        if !self.tracks_heads
+            || self.unflushed.load(Ordering::Relaxed)
+            || !self.read_blocked.load(Ordering::Relaxed)
+        {
+            return false;
+        }
+        let s = self.lock();
+        s.in_flight == 0 && !s.request_body_open && s.head_started.is_none()
+    }
+
+    fn request_body_read(&self) {
+        self.lock().request_body_open = false;
+    }
+}
+
+/// Keeps its request in flight until dropped (response sent or abandoned).
+pub(super) struct InFlight(Arc<Activity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let mut s = self.0.lock();
+        s.in_flight -= 1;
+        s.last = Instant::now();
+        if s.in_flight == 0 {
+            self.0.changed.notify_one();
+        }
+    }
+}
+
+/// A response body that holds its request's [`InFlight`] until it is done.
+pub(super) struct Tracked<B> {
+    pub(super) body: B,
+    pub(super) _in_flight: InFlight,
+}
+
+impl<B: Body + Unpin> Body for Tracked<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// A client's request body on its way upstream. On HTTP/1 it tells the
+/// connection once it has been read to its end: only then is hyper past
+/// the body, waiting for the next head. A body dropped unread says
+/// nothing; hyper then discards the rest or closes the connection.
+pub struct RequestBody {
+    inner: Incoming,
+    on_end: Option<Arc<Activity>>,
+}
+
+impl RequestBody {
+    fn ended(&mut self) {
+        if let Some(activity) = self.on_end.take() {
+            activity.request_body_read();
+        }
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        let frame = std::task::ready!(Pin::new(&mut this.inner).poll_frame(cx));
+        // hyper marks its side done before handing out the last data frame
+        // of a sized body, or before the trailers or end of a chunked one.
+        if frame.is_none() || this.inner.is_end_stream() {
+            this.ended();
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> ListenerConfig {
+        ListenerConfig {
+            address: "127.0.0.1:0".parse().unwrap(),
+            handshake_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            header_timeout: Duration::from_secs(10),
+            max_connections: 10,
+            max_header_bytes: 16384,
+            min_tls_version: crate::config::TlsVersion::V1_2,
+            shutdown_timeout: Duration::from_secs(30),
+        }
+    }
+
+    #[test]
+    fn connection_timers() {
+        let l = limits();
+        let t0 = Instant::now();
+        let s = |in_flight, last_after: u64, head_after: Option<u64>| Snapshot {
+            in_flight,
+            last: t0 + Duration::from_secs(last_after),
+            head_started: head_after.map(|h| t0 + Duration::from_secs(h)),
+            request_body_open: false,
+        };
+        let at = |secs: u64| t0 + Duration::from_secs(secs);
+        // (name, activity, closing since, expected next deadline)
+        type Case = (
+            &'static str,
+            Snapshot,
+            Option<Instant>,
+            Option<(Instant, Expiry)>,
+        );
+        let cases: &[Case] = &[
+            (
+                "first head due after handshake",
+                s(0, 0, Some(0)),
+                None,
+                Some((at(10), Expiry::HeadTimeout)),
+            ),
+            (
+                "idle keep-alive gets idle_timeout",
+                s(0, 5, None),
+                None,
+                Some((at(65), Expiry::Idle)),
+            ),
+            (
+                "next head counts from its first byte",
+                s(0, 5, Some(40)),
+                None,
+                Some((at(50), Expiry::HeadTimeout)),
+            ),
+            ("in flight: no timer", s(2, 5, None), None, None),
+            (
+                "closing idle: grace",
+                s(0, 5, None),
+                Some(at(20)),
+                Some((at(25), Expiry::Abandon)),
+            ),
+            (
+                "closing after a late request",
+                s(0, 30, None),
+                Some(at(20)),
+                Some((at(35), Expiry::Abandon)),
+            ),
+            (
+                "closing never lifts the head timer",
+                s(0, 5, Some(7)),
+                Some(at(6)),
+                Some((at(17), Expiry::HeadTimeout)),
+            ),
+            (
+                "closing with requests in flight waits",
+                s(1, 5, None),
+                Some(at(6)),
+                None,
+            ),
+        ];
+        for (name, snapshot, closing, expected) in cases {
+            assert_eq!(snapshot.next_expiry(&l, *closing), *expected, "case {name}");
+        }
+    }
+
+    #[test]
+    fn heads_are_only_tracked_on_http1() {
+        let h2 = Arc::new(Activity::new(false));
+        assert_eq!(
+            h2.snapshot().head_started,
+            None,
+            "HTTP/2 starts without a head timer"
+        );
+        h2.received();
+        assert_eq!(
+            h2.snapshot().head_started,
+            None,
+            "HTTP/2 frames are not heads"
+        );
+
+        let h1 = Arc::new(Activity::new(true));
+        assert!(
+            h1.snapshot().head_started.is_some(),
+            "HTTP/1 owes its first head"
+        );
+        let req = h1.begin_request(false);
+        assert_eq!(
+            h1.snapshot().head_started,
+            None,
+            "a parsed head stops the clock"
+        );
+        h1.received();
+        assert_eq!(
+            h1.snapshot().head_started,
+            None,
+            "body bytes of an in-flight request"
+        );
+        drop(req);
+        assert_eq!(h1.snapshot().in_flight, 0);
+        h1.received();
+        assert!(
+            h1.snapshot().head_started.is_some(),
+            "bytes on an idle connection start a head"
+        );
+    }
+
+    #[test]
+    fn between_requests_needs_every_condition() {
+        let h1 = Arc::new(Activity::new(true));
+        h1.read_blocked(true);
+        assert!(!h1.between_requests(), "the first head is owed");
+        let req = h1.begin_request(true);
+        assert!(!h1.between_requests(), "request in flight");
+        h1.wrote();
+        drop(req);
+        assert!(!h1.between_requests(), "request body not read to its end");
+        h1.request_body_read();
+        assert!(!h1.between_requests(), "response not flushed");
+        h1.flushed();
+        assert!(h1.between_requests(), "flushed, idle, nothing to read");
+        h1.received();
+        assert!(!h1.between_requests(), "bytes of the next head arrived");
+
+        let h2 = Arc::new(Activity::new(false));
+        h2.read_blocked(true);
+        drop(h2.begin_request(false));
+        assert!(!h2.between_requests(), "HTTP/2 is never set aside");
+    }
+}

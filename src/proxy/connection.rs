@@ -1,0 +1,457 @@
+//! HTTP over an established TLS connection: HTTP/1.1 or HTTP/2 (chosen by
+//! ALPN, never guessed: RFC 9113 §3.3) until the client leaves, stalls
+//! sending a request head (`listener.header_timeout`), goes idle
+//! (`listener.idle_timeout`), or the gateway drains.
+//!
+//! The connection's timers live here rather than in hyper: hyper's
+//! `header_read_timeout` starts whenever it waits for a head, including
+//! between keep-alive requests, so it would close every idle keep-alive
+//! connection after `header_timeout` and make `idle_timeout` meaningless.
+//! Here, as in Go's `ReadHeaderTimeout`/`IdleTimeout` and nginx's
+//! `client_header_timeout`/`keepalive_timeout`, an idle keep-alive connection
+//! gets `idle_timeout`, and the head clock starts with its first byte.
+//!
+//! An HTTP/1.1 connection between requests keeps only its TLS stream. hyper
+//! holds an 8 KiB read and an 8 KiB write buffer, a cached header map and a
+//! slot for the request future for as long as a connection lives; an
+//! mTLS gateway in front of connection-pooling clients holds thousands of
+//! connections that are idle nearly all the time. So once a response is
+//! flushed, the request body read to its end and the client has sent
+//! nothing more, the hyper connection is taken apart (`into_parts`: the
+//! stream, plus any bytes it read ahead) and dropped; when the client sends
+//! again, a new one is built over the same stream, starting with those
+//! bytes. nginx does the same with its keep-alive buffers.
+
+use std::convert::Infallible;
+use std::future::{poll_fn, Future};
+use std::io;
+use std::mem::MaybeUninit;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use hyper::body::Incoming;
+use hyper::server::conn::{http1, http2};
+use hyper::service::{service_fn, HttpService};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::server::TlsStream;
+
+use super::activity::{Activity, Expiry, Tracked, CLOSE_GRACE};
+use super::client::ClientContext;
+use super::{service, ProxyBody};
+use crate::config::ListenerConfig;
+use crate::gateway::Gateway;
+
+/// hyper's cap on HTTP/1 request header fields (its default is 100, too few
+/// for some legitimate clients; far below what a header flood needs).
+const MAX_HEADER_COUNT: usize = 256;
+/// Concurrent HTTP/2 streams per connection.
+const MAX_CONCURRENT_STREAMS: u32 = 256;
+/// HTTP/2 streams the client may reset before the gateway has even picked
+/// them up; beyond this the connection gets GOAWAY (CVE-2023-44487, "rapid
+/// reset"). h2's own default, stated so that it cannot drift.
+const MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 20;
+/// HTTP/2 streams the gateway may reset for protocol errors before it sends
+/// GOAWAY (RUSTSEC-2024-0003); below h2's default of 1024.
+const MAX_LOCAL_ERROR_RESET_STREAMS: usize = 256;
+/// The most an idle HTTP/1 connection reads (on the stack) when the client
+/// sends again; the rest of a longer head stays in rustls for hyper.
+const READ_AHEAD: usize = 4096;
+
+type Tls = Box<TlsStream<TcpStream>>;
+
+pub(super) async fn serve(
+    gw: Arc<Gateway>,
+    tls: Tls,
+    client: Arc<ClientContext>,
+    limits: &ListenerConfig,
+) {
+    let peer = client.peer;
+    let http2 = tls.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
+    let activity = Arc::new(Activity::new(!http2));
+    let service = {
+        let activity = activity.clone();
+        let gw = gw.clone();
+        service_fn(move |req: http::Request<Incoming>| {
+            let (in_flight, req) = activity.begin(req);
+            let (gw, client) = (gw.clone(), client.clone());
+            // `handle` is called inside the block: a future captured by an
+            // `async` block takes its size twice there (capture and awaitee),
+            // and hyper keeps a slot of this block's size per connection.
+            async move {
+                let resp = service::handle(gw, client, req).await?;
+                // The request stays in flight until its response body is
+                // sent, so a long download is not mistaken for idleness.
+                Ok::<_, Infallible>(resp.map(|body| Tracked {
+                    body,
+                    _in_flight: in_flight,
+                }))
+            }
+        })
+    };
+    // One drain subscription for the connection's life: the loop below turns
+    // twice per request, and a fresh `drained()` each time showed up in profiles.
+    let drained = gw.drained();
+    tokio::pin!(drained);
+    let conn = Conn {
+        activity,
+        limits,
+        peer,
+        closing_since: None,
+    };
+    if http2 {
+        // Boxed: hyper's HTTP/2 connection state is laid out inline in this
+        // future; an HTTP/1 connection task should not carry its size.
+        Box::pin(conn.serve_http2(tls, service, drained)).await;
+    } else {
+        conn.serve_http1(tls, service, drained).await;
+    }
+}
+
+/// The per-connection context of the serving loops.
+struct Conn<'a> {
+    activity: Arc<Activity>,
+    limits: &'a ListenerConfig,
+    peer: SocketAddr,
+    /// When the connection was asked to close (idle or draining).
+    closing_since: Option<Instant>,
+}
+
+/// Why [`Conn::drive`] returned.
+enum Served {
+    /// The connection is over.
+    Ended,
+    /// HTTP/1 between requests: the hyper connection may be taken apart.
+    BetweenRequests,
+}
+
+impl Conn<'_> {
+    async fn serve_http1<S>(
+        mut self,
+        mut tls: Tls,
+        service: S,
+        mut drained: Pin<&mut impl Future<Output = ()>>,
+    ) where
+        S: HttpService<Incoming, ResBody = Tracked<ProxyBody>, Error = Infallible> + Clone,
+    {
+        let mut read_ahead = Bytes::new();
+        loop {
+            if read_ahead.is_empty() {
+                match self.await_bytes(&mut tls, drained.as_mut()).await {
+                    Some(bytes) => read_ahead = bytes,
+                    None => return,
+                }
+            }
+            let io = TokioIo::new(Watched {
+                inner: tls,
+                read_ahead,
+                activity: self.activity.clone(),
+            });
+            // Boxed: the idle connection task then keeps a pointer, not
+            // hyper's connection state laid out inline.
+            let conn = http1_builder(self.limits).serve_connection(io, service.clone());
+            let mut conn = Box::pin(conn);
+            match self
+                .drive(conn.as_mut(), |c| c.graceful_shutdown(), drained.as_mut())
+                .await
+            {
+                Served::Ended => return,
+                Served::BetweenRequests => {
+                    let parts = Pin::into_inner(conn).into_parts();
+                    let watched = parts.io.into_inner();
+                    tls = watched.inner;
+                    read_ahead = concat(&parts.read_buf, watched.read_ahead);
+                    if !read_ahead.is_empty() {
+                        // Bytes hyper read behind the last request (pipelined)
+                        // and that do not make a whole head yet: the next
+                        // head has begun, and its clock starts now.
+                        self.activity.received();
+                    }
+                }
+            }
+        }
+    }
+
+    async fn serve_http2<S>(
+        mut self,
+        tls: Tls,
+        service: S,
+        drained: Pin<&mut impl Future<Output = ()>>,
+    ) where
+        S: HttpService<Incoming, ResBody = Tracked<ProxyBody>, Error = Infallible> + Send + 'static,
+        S::Future: Send + 'static,
+    {
+        let io = TokioIo::new(Watched {
+            inner: tls,
+            read_ahead: Bytes::new(),
+            activity: self.activity.clone(),
+        });
+        let conn = http2_builder(self.limits).serve_connection(io, service);
+        tokio::pin!(conn);
+        self.drive(conn, |c| c.graceful_shutdown(), drained).await;
+    }
+
+    /// An HTTP/1 connection between requests, holding nothing but its TLS
+    /// stream: the first bytes the client sends, or `None` when the
+    /// connection is over (closed by the client, timed out, draining).
+    async fn await_bytes(
+        &mut self,
+        tls: &mut Tls,
+        drained: Pin<&mut impl Future<Output = ()>>,
+    ) -> Option<Bytes> {
+        let (deadline, expiry) = self
+            .activity
+            .snapshot()
+            .next_expiry(self.limits, None)
+            .expect("nothing is in flight between requests");
+        tokio::select! {
+            read = poll_fn(|cx| poll_read_ahead(tls, cx)) => match read {
+                Ok(bytes) if !bytes.is_empty() => {
+                    self.activity.received();
+                    Some(bytes)
+                }
+                Ok(_) => None,
+                Err(e) => {
+                    tracing::debug!(peer = %self.peer, error = %e, "connection ended with an error");
+                    None
+                }
+            },
+            _ = drained => {
+                close(tls).await;
+                None
+            }
+            _ = tokio::time::sleep_until(deadline.into()) => {
+                log_expiry(self.peer, expiry);
+                if expiry == Expiry::Idle {
+                    close(tls).await;
+                }
+                None
+            }
+        }
+    }
+
+    /// Serves one hyper connection under the connection's timers until it
+    /// ends or, on HTTP/1, sits between requests.
+    async fn drive<C>(
+        &mut self,
+        mut conn: Pin<&mut C>,
+        graceful_shutdown: impl Fn(Pin<&mut C>),
+        mut drained: Pin<&mut impl Future<Output = ()>>,
+    ) -> Served
+    where
+        C: Future<Output = Result<(), hyper::Error>>,
+    {
+        let (activity, limits, peer) = (self.activity.clone(), self.limits, self.peer);
+        loop {
+            let closing = self.closing_since.is_some();
+            let next = activity.snapshot().next_expiry(limits, self.closing_since);
+            let timer = async move {
+                match next {
+                    Some((at, _)) => tokio::time::sleep_until(at.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let served = poll_fn(|cx| match conn.as_mut().poll(cx) {
+                Poll::Ready(result) => {
+                    if let Err(e) = result {
+                        tracing::debug!(%peer, error = %e, "connection ended with an error");
+                    }
+                    Poll::Ready(Served::Ended)
+                }
+                // Checked right after hyper returned: it is waiting for
+                // the client and for nothing else.
+                Poll::Pending if !closing && activity.between_requests() => {
+                    Poll::Ready(Served::BetweenRequests)
+                }
+                Poll::Pending => Poll::Pending,
+            });
+            tokio::select! {
+                served = served => return served,
+                _ = drained.as_mut(), if !closing => {
+                    self.closing_since = Some(Instant::now());
+                    graceful_shutdown(conn.as_mut());
+                }
+                _ = activity.changed.notified() => {}
+                _ = timer => {
+                    let now = Instant::now();
+                    match activity.snapshot().next_expiry(limits, self.closing_since) {
+                        Some((at, expiry)) if at <= now => {
+                            log_expiry(peer, expiry);
+                            match expiry {
+                                Expiry::HeadTimeout | Expiry::Abandon => return Served::Ended,
+                                Expiry::Idle => {
+                                    self.closing_since = Some(now);
+                                    graceful_shutdown(conn.as_mut());
+                                }
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn log_expiry(peer: SocketAddr, expiry: Expiry) {
+    match expiry {
+        Expiry::HeadTimeout => tracing::info!(
+            %peer,
+            "request head not received within listener.header_timeout; closing"
+        ),
+        Expiry::Idle => {
+            tracing::debug!(%peer, "connection idle for listener.idle_timeout; closing")
+        }
+        Expiry::Abandon => {
+            tracing::debug!(%peer, "connection did not close when asked; dropping it")
+        }
+    }
+}
+
+/// Sends close_notify and FIN to a client between requests, as hyper does
+/// when it closes an idle connection.
+async fn close(tls: &mut Tls) {
+    let _ = tokio::time::timeout(CLOSE_GRACE, tls.shutdown()).await;
+}
+
+/// Reads what the client sent into a buffer on the stack, so that a
+/// connection waiting here holds no buffer of its own. Empty: end of stream.
+fn poll_read_ahead(tls: &mut Tls, cx: &mut Context<'_>) -> Poll<io::Result<Bytes>> {
+    let mut buf = [MaybeUninit::<u8>::uninit(); READ_AHEAD];
+    let mut buf = ReadBuf::uninit(&mut buf);
+    std::task::ready!(Pin::new(&mut **tls).poll_read(cx, &mut buf))?;
+    Poll::Ready(Ok(Bytes::copy_from_slice(buf.filled())))
+}
+
+/// Bytes hyper read but did not parse, then what it never read of the
+/// previous read-ahead. `first` is copied, never kept: it shares hyper's
+/// 8 KiB read buffer, which is what the idle connection is shedding.
+fn concat(first: &[u8], second: Bytes) -> Bytes {
+    if first.is_empty() {
+        return second;
+    }
+    let mut joined = BytesMut::with_capacity(first.len() + second.len());
+    joined.extend_from_slice(first);
+    joined.extend_from_slice(&second);
+    joined.freeze()
+}
+
+fn http1_builder(limits: &ListenerConfig) -> http1::Builder {
+    let mut builder = http1::Builder::new();
+    builder
+        // The head timer is ours (see the module docs); hyper's would
+        // otherwise default to 30 s and also cut idle keep-alive connections.
+        .header_read_timeout(None)
+        .max_headers(MAX_HEADER_COUNT)
+        // The JSON 431 comes from the service; this is hyper's hard stop
+        // (a bare 431 and close) that bounds the memory a head can take.
+        .max_buf_size((limits.max_header_bytes * 2).max(16 * 1024));
+    builder
+}
+
+fn http2_builder(limits: &ListenerConfig) -> http2::Builder<TokioExecutor> {
+    let mut builder = http2::Builder::new(TokioExecutor::new());
+    builder
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        .max_header_list_size((limits.max_header_bytes * 2) as u32)
+        .max_pending_accept_reset_streams(MAX_PENDING_ACCEPT_RESET_STREAMS)
+        .max_local_error_reset_streams(MAX_LOCAL_ERROR_RESET_STREAMS);
+    builder
+}
+
+/// The TLS stream as hyper sees it: bytes read ahead first, and every read,
+/// write and flush reported to the connection's [`Activity`].
+struct Watched {
+    inner: Tls,
+    read_ahead: Bytes,
+    activity: Arc<Activity>,
+}
+
+impl AsyncRead for Watched {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.read_ahead.is_empty() {
+            let n = this.read_ahead.len().min(buf.remaining());
+            buf.put_slice(&this.read_ahead.split_to(n));
+            if this.read_ahead.is_empty() {
+                // An empty slice would still keep its allocation.
+                this.read_ahead = Bytes::new();
+            }
+            return Poll::Ready(Ok(()));
+        }
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
+        match polled {
+            Poll::Ready(Ok(())) if buf.filled().len() > before => this.activity.received(),
+            Poll::Pending => this.activity.read_blocked(true),
+            // End of stream or an error: hyper closes the connection.
+            Poll::Ready(_) => this.activity.read_blocked(false),
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for Watched {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        this.activity.wrote();
+        Pin::new(&mut this.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        this.activity.wrote();
+        Pin::new(&mut this.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_flush(cx);
+        if matches!(polled, Poll::Ready(Ok(()))) {
+            this.activity.flushed();
+        }
+        polled
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn read_ahead_keeps_order() {
+        let b = |s: &'static str| Bytes::from_static(s.as_bytes());
+        assert_eq!(
+            concat(b"GET / HT", b("TP/1.1\r\n")),
+            b("GET / HTTP/1.1\r\n")
+        );
+        assert_eq!(concat(b"", b("rest")), b("rest"));
+        assert_eq!(concat(b"unparsed", b("")), b("unparsed"));
+    }
+}
