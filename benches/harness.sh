@@ -25,7 +25,9 @@
 #   latency            p50/p99 at RATE req/s over 8 connections for 2 x DURATION:
 #                      upstream direct vs through each gateway;
 #   idle_memory        VmRSS per idle mTLS connection with IDLE_CONNS open
-#                      (fresh gateway processes; each connection made one request).
+#                      (fresh gateway processes; each connection made one request):
+#                      all presenting one client certificate (a pooling client),
+#                      then each presenting its own (loadclient --distinct-certs).
 # Server CPU per operation = utime+stime delta of the gateway's processes
 # (/proc/PID/stat, every thread; nginx master + worker) / successful requests.
 # The load client and the upstream share the machine, so throughput is bounded
@@ -479,13 +481,14 @@ handshake_scenario() { # name pki
     done
 }
 
-idle_memory() { # pki target
-    local pki=$1 target=$2 pids before after client report
+idle_memory() { # pki target scenario [loadclient args...]
+    local pki=$1 target=$2 scenario=$3 pids before after client report
+    shift 3
     read -r -a pids <<<"$(target_pids "$target")"
     before=$(rss_kib "${pids[@]}")
     # The binary itself in the background (not the shell function), so that $! is its pid.
     "$LOADCLIENT" idle --addr "127.0.0.1:$(target_port "$target")" --ca "$pki/ca.pem" --cert "$pki/user.pem" \
-        --key "$pki/user.key" --connections "$IDLE_CONNS" >"$RUN/raw/idle.$target.json" 2>"$RUN/raw/idle.$target.err" &
+        --key "$pki/user.key" --connections "$IDLE_CONNS" "$@" >"$RUN/raw/idle.$target.json" 2>"$RUN/raw/idle.$target.err" &
     client=$!
     PIDS+=("$client")
     for _ in $(seq 1200); do
@@ -498,15 +501,15 @@ idle_memory() { # pki target
     after=$(rss_kib "${pids[@]}")
     stop "$client"
     report=$(cat "$RUN/raw/idle.$target.json")
-    python3 - "$target" "$before" "$after" "$report" >>"$RESULTS" <<'EOF'
+    python3 - "$scenario" "$target" "$before" "$after" "$report" >>"$RESULTS" <<'EOF'
 import json, sys
-target, before, after, report = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), json.loads(sys.argv[4])
+scenario, target, before, after, report = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), json.loads(sys.argv[5])
 n = report["connected"]
-print(json.dumps(dict(scenario="idle_memory", target=target, connections=n, failed=report["failed"],
+print(json.dumps(dict(scenario=scenario, target=target, connections=n, failed=report["failed"],
                       rss_before_kib=before, rss_after_kib=after,
                       kib_per_conn=(after - before) / n if n else None, first_error=report["first_error"])))
 EOF
-    log "  idle memory $target: $(tail -1 "$RESULTS")"
+    log "  $scenario $target: $(tail -1 "$RESULTS")"
 }
 
 # ------------------------------------------------------------- report ----
@@ -581,15 +584,20 @@ if all(r for _, r in lat):
     cg, ng = by[("latency", "cg1")], by[("latency", "nginx")]
     out.append("")
     out.append("certgate/nginx added p99: %s" % ratio(cg["p99_ms"] - d["p99_ms"], ng["p99_ms"] - d["p99_ms"]))
-mem = [(t, by.get(("idle_memory", t))) for t in ("cg1", "nginx")]
-if all(r for _, r in mem):
+mem = [((s, t), by.get((s, t))) for s in ("idle_memory", "idle_memory_distinct") for t in ("cg1", "nginx")]
+mem = [(k, r) for k, r in mem if r]
+if mem:
     out += ["", "Resident memory per idle mTLS connection (VmRSS delta / connections; each completed one request):", "",
-            "| target | connections | RSS before (MiB) | RSS after (MiB) | KiB per connection |", "|---|---|---|---|---|"]
-    for t, r in mem:
-        out.append("| %s | %d | %.1f | %.1f | %.1f |" % ({"cg1": "certgate", "nginx": "nginx"}[t], r["connections"],
+            "| client certificates | target | connections | RSS before (MiB) | RSS after (MiB) | KiB per connection |",
+            "|---|---|---|---|---|---|"]
+    certs = {"idle_memory": "one for all connections", "idle_memory_distinct": "one per connection"}
+    for (s, t), r in mem:
+        out.append("| %s | %s | %d | %.1f | %.1f | %.1f |" % (certs[s], {"cg1": "certgate", "nginx": "nginx"}[t], r["connections"],
                    r["rss_before_kib"] / 1024, r["rss_after_kib"] / 1024, r["kib_per_conn"]))
     out.append("")
-    out.append("certgate/nginx per connection: %s" % ratio(mem[0][1]["kib_per_conn"], mem[1][1]["kib_per_conn"]))
+    for s in certs:
+        if (s, "cg1") in by and (s, "nginx") in by:
+            out.append("certgate/nginx per connection, %s: %s" % (certs[s], ratio(by[(s, "cg1")]["kib_per_conn"], by[(s, "nginx")]["kib_per_conn"])))
 if failed:
     out += ["", "Failed requests: " + ", ".join("%s/%s: %d (%s)" % (r["scenario"], r["target"], r["failed"], r.get("first_error")) for r in failed)]
 text = "\n".join(out) + "\n"
@@ -791,12 +799,19 @@ compare() {
 
     if want idle_memory; then
         log "idle memory: $IDLE_CONNS connections against fresh processes"
-        start_certgate cg1 "$ecdsa" 1
-        idle_memory "$ecdsa" cg1
-        stop "${PID[cg1]}"
-        start_nginx_gateway "$ecdsa"
-        idle_memory "$ecdsa" nginx
-        stop "${PID[nginx]}"
+        for variant in one distinct; do
+            local scenario=idle_memory args=()
+            if [[ $variant == distinct ]]; then
+                scenario=idle_memory_distinct
+                args=(--distinct-certs --ca-key "$ecdsa/ca.key")
+            fi
+            start_certgate cg1 "$ecdsa" 1
+            idle_memory "$ecdsa" cg1 "$scenario" "${args[@]}"
+            stop "${PID[cg1]}"
+            start_nginx_gateway "$ecdsa"
+            idle_memory "$ecdsa" nginx "$scenario" "${args[@]}"
+            stop "${PID[nginx]}"
+        done
     fi
 
     report "$machine" | sed "s/{N}/$n/g"

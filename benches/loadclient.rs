@@ -8,6 +8,10 @@
 //!   prints one JSON line (counts, rate, latency percentiles).
 //! - `idle`: opens N connections, each completing one keep-alive `GET`, prints
 //!   one JSON line, then holds them open until killed (for idle memory).
+//!   With `--distinct-certs`, every connection presents its own client
+//!   certificate (same subject, own key and serial), issued at start-up by
+//!   the CA whose key `--ca-key` names: the case where the gateway can share
+//!   nothing between connections.
 //!
 //! Built by `cargo bench --no-run`; run by the harness, not by `cargo bench`.
 
@@ -56,6 +60,12 @@ enum Mode {
         /// Connections being set up at once.
         #[arg(long, default_value_t = 64)]
         concurrency: usize,
+        /// A client certificate of its own for every connection.
+        #[arg(long, requires = "ca_key")]
+        distinct_certs: bool,
+        /// The private key of the CA in `--ca` (PEM), to issue them.
+        #[arg(long)]
+        ca_key: Option<PathBuf>,
     },
 }
 
@@ -101,14 +111,23 @@ fn main() -> anyhow::Result<()> {
                 target,
                 connections,
                 concurrency,
-            } => idle(Client::new(target)?, connections, concurrency).await,
+                distinct_certs,
+                ca_key,
+            } => {
+                let client = match ca_key.filter(|_| distinct_certs) {
+                    Some(ca_key) => Client::with_distinct_certs(target, &ca_key, connections)?,
+                    None => Client::new(target)?,
+                };
+                idle(client, connections, concurrency).await
+            }
         }
     })
 }
 
 #[derive(Clone)]
 struct Client {
-    connector: TlsConnector,
+    /// One per client certificate; connection `i` uses `connectors[i % len]`.
+    connectors: Arc<[TlsConnector]>,
     addr: SocketAddr,
     path: Arc<str>,
 }
@@ -117,34 +136,60 @@ type Sender = SendRequest<Empty<Bytes>>;
 
 impl Client {
     fn new(t: Target) -> anyhow::Result<Client> {
-        let mut roots = rustls::RootCertStore::empty();
-        for der in CertificateDer::pem_file_iter(&t.ca)? {
-            roots.add(der?)?;
-        }
         let chain = CertificateDer::pem_file_iter(&t.cert)?.collect::<Result<Vec<_>, _>>()?;
         let key = PrivateKeyDer::from_pem_file(&t.key)?;
-        let mut provider = rustls::crypto::aws_lc_rs::default_provider();
-        // nginx is pinned with `ssl_ecdh_curve X25519`; certgate follows the client's order.
-        provider.kx_groups = vec![rustls::crypto::aws_lc_rs::kx_group::X25519];
-        let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
-            .with_safe_default_protocol_versions()?
-            .with_root_certificates(roots)
-            .with_client_auth_cert(chain, key)?;
-        config.resumption = rustls::client::Resumption::disabled();
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let connector = connector(&t, chain, key)?;
         Ok(Client {
-            connector: TlsConnector::from(Arc::new(config)),
+            connectors: Arc::new([connector]),
             addr: t.addr,
             path: t.path.into(),
         })
     }
 
-    /// TCP connect, full handshake, and an HTTP/1.1 connection whose driver runs in its own task.
-    async fn connect(&self) -> anyhow::Result<(Sender, tokio::task::JoinHandle<()>)> {
+    /// `n` clients with the subject of `--cert`, each with its own key and
+    /// serial, issued by the CA in `--ca` with `ca_key`.
+    fn with_distinct_certs(
+        t: Target,
+        ca_key: &std::path::Path,
+        n: usize,
+    ) -> anyhow::Result<Client> {
+        let template = CertificateDer::from_pem_file(&t.cert)?;
+        let subject =
+            distinguished_name(x509_parser::parse_x509_certificate(&template)?.1.subject())?;
+        let ca = CertificateDer::from_pem_file(&t.ca)?;
+        let mut ca_params = rcgen::CertificateParams::default();
+        ca_params.distinguished_name =
+            distinguished_name(x509_parser::parse_x509_certificate(&ca)?.1.subject())?;
+        let issuer_key = rcgen::KeyPair::from_pem(&std::fs::read_to_string(ca_key)?)?;
+        let issuer = rcgen::Issuer::new(ca_params, issuer_key);
+        let connectors = (0..n)
+            .map(|i| {
+                let mut params = rcgen::CertificateParams::default();
+                params.distinguished_name = subject.clone();
+                params.serial_number = Some(rcgen::SerialNumber::from(0x4000_0000_u64 + i as u64));
+                params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
+                params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+                params.use_authority_key_identifier_extension = true;
+                let key = rcgen::KeyPair::generate()?;
+                let cert = params.signed_by(&key, &issuer)?;
+                let key =
+                    PrivateKeyDer::try_from(key.serialize_der()).map_err(anyhow::Error::msg)?;
+                connector(&t, vec![cert.der().clone()], key)
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(Client {
+            connectors: connectors.into(),
+            addr: t.addr,
+            path: t.path.into(),
+        })
+    }
+
+    /// TCP connect, full handshake with the `i`th client certificate, and
+    /// an HTTP/1.1 connection whose driver runs in its own task.
+    async fn connect(&self, i: usize) -> anyhow::Result<(Sender, tokio::task::JoinHandle<()>)> {
         let tcp = tokio::net::TcpStream::connect(self.addr).await?;
         tcp.set_nodelay(true)?;
-        let tls = self
-            .connector
+        let tls = self.connectors[i % self.connectors.len()]
             .connect(ServerName::try_from("localhost")?, tcp)
             .await?;
         let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
@@ -167,7 +212,7 @@ impl Client {
     }
 
     async fn one_shot(&self) -> anyhow::Result<StatusCode> {
-        let (mut sender, driver) = self.connect().await?;
+        let (mut sender, driver) = self.connect(0).await?;
         let status = self.get(&mut sender, true).await?;
         drop(sender);
         // The server closes after `Connection: close`; wait for it so that
@@ -175,6 +220,43 @@ impl Client {
         let _ = driver.await;
         Ok(status)
     }
+}
+
+fn distinguished_name(
+    name: &x509_parser::x509::X509Name<'_>,
+) -> anyhow::Result<rcgen::DistinguishedName> {
+    let mut dn = rcgen::DistinguishedName::new();
+    for attr in name.iter_attributes() {
+        let oid: Vec<u64> = attr
+            .attr_type()
+            .iter()
+            .map(|arcs| arcs.collect())
+            .unwrap_or_default();
+        dn.push(rcgen::DnType::from_oid(&oid), attr.as_str()?);
+    }
+    Ok(dn)
+}
+
+/// A TLS client for `t` presenting `chain`: X25519 only, no resumption.
+fn connector(
+    t: &Target,
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> anyhow::Result<TlsConnector> {
+    let mut roots = rustls::RootCertStore::empty();
+    for der in CertificateDer::pem_file_iter(&t.ca)? {
+        roots.add(der?)?;
+    }
+    let mut provider = rustls::crypto::aws_lc_rs::default_provider();
+    // nginx is pinned with `ssl_ecdh_curve X25519`; certgate follows the client's order.
+    provider.kx_groups = vec![rustls::crypto::aws_lc_rs::kx_group::X25519];
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)?;
+    config.resumption = rustls::client::Resumption::disabled();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(TlsConnector::from(Arc::new(config)))
 }
 
 #[derive(Default)]
@@ -259,12 +341,12 @@ async fn idle(client: Client, connections: usize, concurrency: usize) -> anyhow:
     let started = Instant::now();
     let permits = Arc::new(Semaphore::new(concurrency));
     let tasks: Vec<_> = (0..connections)
-        .map(|_| {
+        .map(|i| {
             let client = client.clone();
             let permits = permits.clone();
             tokio::spawn(async move {
                 let _permit = permits.acquire_owned().await?;
-                let (mut sender, driver) = client.connect().await?;
+                let (mut sender, driver) = client.connect(i).await?;
                 match client.get(&mut sender, false).await? {
                     StatusCode::OK => Ok((sender, driver)),
                     status => anyhow::bail!("status {status}"),
