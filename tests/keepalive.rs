@@ -13,9 +13,9 @@ use std::time::Duration;
 use common::*;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
-/// Longer than any scheduling gap between hyper's last read and the
-/// release: the connection is set aside well before the next bytes.
-const PAUSE: Duration = Duration::from_millis(300);
+/// Well over the 250 ms a connection must sit between requests before it
+/// is set aside: the next bytes arrive after that has happened.
+const PAUSE: Duration = Duration::from_millis(600);
 
 async fn setup() -> Setup {
     let mut setup = Setup::new(echo_upstream().await);
@@ -200,6 +200,71 @@ async fn an_unread_body_is_never_parsed_as_a_request() {
     assert!(
         !gw.logs().contains("/open/smuggled"),
         "smuggled request reached the upstream"
+    );
+}
+
+/// An upstream that answers as soon as it has a request head and then
+/// reads (and drops) whatever else the connection brings.
+async fn early_answering_upstream() -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tcp.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = tcp
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nearly")
+                    .await;
+                while matches!(tcp.read(&mut buf).await, Ok(n) if n > 0) {}
+            });
+        }
+    });
+    addr
+}
+
+/// The upstream answers before the request body is all there; the client
+/// then sends the rest after a pause. hyper is still reading that body, so
+/// the connection must not be set aside: the rest is body, not a request.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_body_still_arriving_after_the_response_is_never_parsed_as_a_request() {
+    let mut setup = Setup::new(early_answering_upstream().await);
+    setup.extra = "[authorization]\ndefault = \"authenticated\"\n".into();
+    let gw = setup.start();
+    let leaf = setup.ca.issue(&LeafSpec::client("slow-uploader"));
+    let mut tls = setup.client(&leaf).tls(gw.addr).await.unwrap();
+    let smuggled = b"GET /open/smuggled HTTP/1.1\r\nhost: a\r\n\r\n";
+    let length = 10 + smuggled.len();
+    tls.write_all(
+        format!("POST /upload HTTP/1.1\r\nhost: a\r\ncontent-length: {length}\r\n\r\n0123456789")
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let answered = read_responses(&mut tls, 1).await;
+    assert_eq!(
+        (answered[0].status, answered[0].body.as_str()),
+        (200, "early")
+    );
+
+    tokio::time::sleep(PAUSE).await;
+    let _ = tls.write_all(smuggled).await;
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(1), tls.read_to_end(&mut rest)).await;
+    assert!(
+        rest.is_empty(),
+        "the rest of the body was answered as a request:\n{}",
+        String::from_utf8_lossy(&rest)
+    );
+    assert!(
+        !gw.logs().contains("/open/smuggled"),
+        "smuggled request was served"
     );
 }
 

@@ -368,6 +368,10 @@ async fn sigterm_finishes_in_flight_requests_and_closes_idle_connections() {
     setup.env = vec![notify.env()];
     let mut gw = setup.start();
     let leaf = setup.ca.issue(&LeafSpec::client("idle"));
+    // Idle long enough (over 250 ms) to have been set aside, holding only
+    // its TLS stream, and idle just now, still in hyper.
+    let set_aside_h1 = idle_connection(&setup.client(&leaf), gw.addr, false).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
     let idle_h1 = idle_connection(&setup.client(&leaf), gw.addr, false).await;
     let idle_h2 = idle_connection(&setup.client_h2(&leaf), gw.addr, true).await;
     let mut slow = start_slow_request(&setup, &gw, &arrived).await;
@@ -377,7 +381,10 @@ async fn sigterm_finishes_in_flight_requests_and_closes_idle_connections() {
     // Idle connections end at once (HTTP/1.1 closes, HTTP/2 gets GOAWAY),
     // not when the drain ends.
     tokio::select! {
-        (h1, h2) = async { (idle_h1.closed.await.unwrap(), idle_h2.closed.await.unwrap()) } => {
+        (set_aside, h1, h2) = async {
+            (set_aside_h1.closed.await.unwrap(), idle_h1.closed.await.unwrap(), idle_h2.closed.await.unwrap())
+        } => {
+            set_aside.expect("set-aside HTTP/1.1 connection closed cleanly");
             h1.expect("idle HTTP/1.1 connection closed cleanly");
             h2.expect("idle HTTP/2 connection closed cleanly (GOAWAY)");
         }

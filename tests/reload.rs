@@ -396,6 +396,19 @@ async fn new_crl_refuses_revoked_client_on_new_and_open_connections() {
         );
         assert_eq!(reply.json()["error"], "certificate_rejected", "{name}");
     }
+    // And the connections end: HTTP/1.1 by `Connection: close`, HTTP/2 by
+    // GOAWAY, so the next request has to pass a handshake that refuses it.
+    for (name, conn) in [("HTTP/1.1", &mut h1), ("HTTP/2", &mut h2)] {
+        let mut ended = false;
+        for _ in 0..20 {
+            if conn.get("/v1/x").await.is_err() {
+                ended = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(ended, "{name}: connection still usable after the refusal");
+    }
     assert!(gw.wait_for_log(
         &[
             "open connection's client certificate refused",

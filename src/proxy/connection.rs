@@ -17,10 +17,12 @@
 //! mTLS gateway in front of connection-pooling clients holds thousands of
 //! connections that are idle nearly all the time. So once a response is
 //! flushed, the request body read to its end and the client has sent
-//! nothing more, the hyper connection is taken apart (`into_parts`: the
-//! stream, plus any bytes it read ahead) and dropped; when the client sends
-//! again, a new one is built over the same stream, starting with those
-//! bytes. nginx does the same with its keep-alive buffers.
+//! nothing more for 250 ms, the hyper connection is taken apart
+//! (`into_parts`: the stream, plus any bytes it read ahead) and dropped;
+//! when the client sends again, a new one is built over the same stream,
+//! starting with those bytes. nginx does the same with its keep-alive
+//! buffers (at once; the pause here keeps busy connections from paying for
+//! the rebuild on every request).
 
 use std::convert::Infallible;
 use std::future::{poll_fn, Future};
@@ -33,6 +35,7 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
+use http::header::CONNECTION;
 use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
 use hyper::service::{service_fn, HttpService};
@@ -79,12 +82,19 @@ pub(super) async fn serve(
         let gw = gw.clone();
         service_fn(move |req: http::Request<Incoming>| {
             let (in_flight, req) = activity.begin(req);
-            let (gw, client) = (gw.clone(), client.clone());
+            let (gw, client, activity) = (gw.clone(), client.clone(), activity.clone());
             // `handle` is called inside the block: a future captured by an
             // `async` block takes its size twice there (capture and awaitee),
             // and hyper keeps a slot of this block's size per connection.
             async move {
                 let resp = service::handle(gw, client, req).await?;
+                // `Connection: close` from the gateway (a certificate a
+                // reload refused, draining): hyper ends an HTTP/1
+                // connection after this response by itself; an HTTP/2
+                // connection, where the header cannot go, gets GOAWAY.
+                if resp.headers().get(CONNECTION).is_some_and(|v| v == "close") {
+                    activity.request_close();
+                }
                 // The request stays in flight until its response body is
                 // sent, so a long download is not mistaken for idleness.
                 Ok::<_, Infallible>(resp.map(|body| Tracked {
@@ -248,11 +258,22 @@ impl Conn<'_> {
     {
         let (activity, limits, peer) = (self.activity.clone(), self.limits, self.peer);
         loop {
+            if self.closing_since.is_none() && activity.close_requested() {
+                tracing::debug!(%peer, "closing the connection after a response that ends it");
+                self.closing_since = Some(Instant::now());
+                graceful_shutdown(conn.as_mut());
+            }
             let closing = self.closing_since.is_some();
-            let next = activity.snapshot().next_expiry(limits, self.closing_since);
+            let mut next = activity
+                .snapshot()
+                .next_expiry(limits, self.closing_since)
+                .map(|(at, _)| at);
+            if !closing {
+                next = next.into_iter().chain(activity.set_aside_at()).min();
+            }
             let timer = async move {
                 match next {
-                    Some((at, _)) => tokio::time::sleep_until(at.into()).await,
+                    Some(at) => tokio::time::sleep_until(at.into()).await,
                     None => std::future::pending().await,
                 }
             };
@@ -265,7 +286,7 @@ impl Conn<'_> {
                 }
                 // Checked right after hyper returned: it is waiting for
                 // the client and for nothing else.
-                Poll::Pending if !closing && activity.between_requests() => {
+                Poll::Pending if !closing && activity.between_requests(Instant::now()) => {
                     Poll::Ready(Served::BetweenRequests)
                 }
                 Poll::Pending => Poll::Pending,
