@@ -225,7 +225,11 @@ impl Conn<'_> {
                     self.activity.received();
                     Some(bytes)
                 }
-                Ok(_) => None,
+                // The client closed between requests; answer in kind.
+                Ok(_) => {
+                    close(tls).await;
+                    None
+                }
                 Err(e) => {
                     tracing::debug!(peer = %self.peer, error = %e, "connection ended with an error");
                     None
@@ -335,7 +339,8 @@ fn log_expiry(peer: SocketAddr, expiry: Expiry) {
 }
 
 /// Sends close_notify and FIN to a client between requests, as hyper does
-/// when it closes an idle connection.
+/// when it closes an idle connection (bounded: a peer that stopped reading
+/// cannot hold the task).
 async fn close(tls: &mut Tls) {
     let _ = tokio::time::timeout(CLOSE_GRACE, tls.shutdown()).await;
 }
