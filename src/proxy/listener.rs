@@ -25,6 +25,7 @@ use crate::tls::{classify_error, HandshakeFailure};
 /// memory: retrying at once would spin on the same error.
 const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(50);
 const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
 /// Accepts connections until the gateway drains; every connection task is
 /// spawned on `tracker` so the caller can wait for them to finish.
 pub async fn serve(listener: TcpListener, gw: Arc<Gateway>, tracker: TaskTracker) {
