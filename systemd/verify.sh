@@ -9,7 +9,7 @@
 # touches nothing outside that root.
 #
 # Usage: systemd/verify.sh [CERTGATE_BINARY]
-#   (default: target/release/certgate, else target/debug/certgate)
+#   (default: release, else debug certgate under $CARGO_TARGET_DIR or target/)
 # `systemd-analyze verify` only warns about unknown keys, bad values and
 # missing commands and still exits 0, so any output counts as a failure.
 set -eu
@@ -17,7 +17,8 @@ set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 bin=${1:-}
 if [ -z "$bin" ]; then
-    for candidate in "$here/../target/release/certgate" "$here/../target/debug/certgate"; do
+    target=${CARGO_TARGET_DIR:-$here/../target}
+    for candidate in "$target/release/certgate" "$target/debug/certgate"; do
         if [ -x "$candidate" ]; then bin=$candidate; break; fi
     done
 fi
