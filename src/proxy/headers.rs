@@ -162,6 +162,31 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     remove_where(headers, is_hop_by_hop);
 }
 
+/// Moves the header values into one buffer of their own. hyper's values
+/// are slices of the upstream connection's 8 KiB read buffer, and an
+/// HTTP/2 connection's HPACK encoder keeps the values it indexes for as
+/// long as the connection lives: without the copy, every open HTTP/2
+/// client connection would pin an upstream read buffer.
+pub fn detach_values(headers: &mut HeaderMap) {
+    let total = headers.values().map(HeaderValue::len).sum();
+    let mut buf = bytes::BytesMut::with_capacity(total);
+    for v in headers.values() {
+        buf.extend_from_slice(v.as_bytes());
+    }
+    let buf = buf.freeze();
+    let mut at = 0;
+    for v in headers.values_mut() {
+        let len = v.len();
+        // The bytes came from a valid value: this cannot fail, and if it
+        // did the original would simply stay.
+        if let Ok(mut detached) = HeaderValue::from_maybe_shared(buf.slice(at..at + len)) {
+            detached.set_sensitive(v.is_sensitive());
+            *v = detached;
+        }
+        at += len;
+    }
+}
+
 fn remove_where(headers: &mut HeaderMap, pred: fn(&HeaderName) -> bool) {
     // Usually none or one (`connection`) matches: rescanning a short map
     // per removal is cheaper than collecting the names into a Vec.
@@ -349,5 +374,36 @@ mod tests {
         assert!(!sane_request_id(
             &HeaderValue::from_str(&"a".repeat(129)).unwrap()
         ));
+    }
+
+    #[test]
+    fn detached_values_keep_their_bytes_and_order() {
+        let upstream = bytes::Bytes::from_static(b"application/jsonabc\x80def");
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_maybe_shared(upstream.slice(..16)).unwrap(),
+        );
+        h.append(
+            "x-a",
+            HeaderValue::from_maybe_shared(upstream.slice(16..19)).unwrap(),
+        );
+        h.append(
+            "x-a",
+            HeaderValue::from_maybe_shared(upstream.slice(19..)).unwrap(),
+        );
+        let mut secret = HeaderValue::from_static("token");
+        secret.set_sensitive(true);
+        h.insert(header::AUTHORIZATION, secret);
+        let before = h.clone();
+        detach_values(&mut h);
+        assert_eq!(h, before);
+        assert!(h[header::AUTHORIZATION].is_sensitive());
+        for v in h.values() {
+            let p = v.as_bytes().as_ptr() as usize;
+            let outside =
+                p < upstream.as_ptr() as usize || p >= upstream.as_ptr() as usize + upstream.len();
+            assert!(outside, "{v:?} still points into the upstream buffer");
+        }
     }
 }

@@ -156,6 +156,9 @@ async fn process(
     outcome.upstream = Some(upstream_started.elapsed());
     let (mut parts, body) = result?.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers);
+    if !is_http1 {
+        headers::detach_values(&mut parts.headers);
+    }
     Ok(Response::from_parts(parts, Either::Left(body)))
 }
 
