@@ -198,27 +198,19 @@ impl Activity {
     /// a head, never body bytes), no head begun, every response byte
     /// flushed, and the last read found nothing.
     pub(super) fn between_requests(&self, now: Instant) -> bool {
-        if !self.tracks_heads
-            || self.unflushed.load(Ordering::Relaxed)
-            || !self.read_blocked.load(Ordering::Relaxed)
-        {
+        if self.unflushed.load(Ordering::Relaxed) || !self.read_blocked.load(Ordering::Relaxed) {
             return false;
         }
-        let s = self.lock();
-        s.in_flight == 0
-            && !s.request_body_open
-            && s.head_started.is_none()
-            && s.last + SET_ASIDE_AFTER <= now
+        let s = self.snapshot();
+        !s.request_body_open && self.set_aside_at(&s).is_some_and(|at| at <= now)
     }
 
     /// When [`Activity::between_requests`] may next turn true, for the
-    /// connection's timer; `None` while a request or head is under way.
-    pub(super) fn set_aside_at(&self) -> Option<Instant> {
-        if !self.tracks_heads {
-            return None;
-        }
-        let s = self.snapshot();
-        (s.in_flight == 0 && s.head_started.is_none()).then_some(s.last + SET_ASIDE_AFTER)
+    /// connection's timer; `None` on HTTP/2 and while a request or head is
+    /// under way.
+    pub(super) fn set_aside_at(&self, s: &Snapshot) -> Option<Instant> {
+        (self.tracks_heads && s.in_flight == 0 && s.head_started.is_none())
+            .then_some(s.last + SET_ASIDE_AFTER)
     }
 
     fn request_body_read(&self) {
@@ -442,14 +434,17 @@ mod tests {
         let h1 = Arc::new(Activity::new(true));
         h1.read_blocked(true);
         assert!(!h1.between_requests(later()), "the first head is owed");
-        assert_eq!(h1.set_aside_at(), None);
+        assert_eq!(h1.set_aside_at(&h1.snapshot()), None);
         let req = h1.begin_request(true);
         assert!(!h1.between_requests(later()), "request in flight");
-        assert_eq!(h1.set_aside_at(), None);
+        assert_eq!(h1.set_aside_at(&h1.snapshot()), None);
         h1.wrote();
         drop(req);
         let done = h1.snapshot().last;
-        assert_eq!(h1.set_aside_at(), Some(done + SET_ASIDE_AFTER));
+        assert_eq!(
+            h1.set_aside_at(&h1.snapshot()),
+            Some(done + SET_ASIDE_AFTER)
+        );
         assert!(
             !h1.between_requests(later()),
             "request body not read to its end"
@@ -475,6 +470,6 @@ mod tests {
         h2.read_blocked(true);
         drop(h2.begin_request(false));
         assert!(!h2.between_requests(later()), "HTTP/2 is never set aside");
-        assert_eq!(h2.set_aside_at(), None);
+        assert_eq!(h2.set_aside_at(&h2.snapshot()), None);
     }
 }

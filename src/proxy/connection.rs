@@ -268,12 +268,15 @@ impl Conn<'_> {
                 graceful_shutdown(conn.as_mut());
             }
             let closing = self.closing_since.is_some();
-            let mut next = activity
-                .snapshot()
+            let snapshot = activity.snapshot();
+            let mut next = snapshot
                 .next_expiry(limits, self.closing_since)
                 .map(|(at, _)| at);
             if !closing {
-                next = next.into_iter().chain(activity.set_aside_at()).min();
+                next = next
+                    .into_iter()
+                    .chain(activity.set_aside_at(&snapshot))
+                    .min();
             }
             let timer = async move {
                 match next {
