@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use certgate::config::{ClientAuthConfig, CrlScope, TlsVersion, Toggle};
 use certgate::identity::Identity;
 use certgate::policy::{
-    normalize_path, Authorizer, AuthzDefault, Glob, RoleMapper, RoleRule, Route,
+    normalize_path, Authorizer, AuthzDefault, Glob, PathParameters, RoleMapper, RoleRule, Route,
 };
 use certgate::tls::{build_client_verifier, build_server_config, load, ServerCerts};
 use common::{KeyKind, Leaf, LeafSpec, TestCa};
@@ -105,15 +105,18 @@ fn authorization(c: &mut Criterion) {
         ("plain", "/api/v3/orders/42"),
         ("messy", "/api//v3/./x/../orders/%34%32"),
     ] {
-        let normalized = normalize_path(path).expect("normalizes");
+        let normalized = normalize_path(path, PathParameters::Reject).expect("normalizes");
         assert!(
-            authz.authorize(&normalized, "GET", &roles).is_allowed(),
+            authz
+                .authorize(&normalized.path, "GET", &roles)
+                .is_allowed(),
             "{name}"
         );
         group.bench_function(name, |b| {
             b.iter(|| {
-                let p = normalize_path(std::hint::black_box(path)).expect("normalizes");
-                authz.authorize(&p, "GET", &roles)
+                let p = normalize_path(std::hint::black_box(path), PathParameters::Reject)
+                    .expect("normalizes");
+                authz.authorize(&p.path, "GET", &roles)
             })
         });
     }

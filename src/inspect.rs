@@ -203,10 +203,10 @@ pub fn explain(
 
     // The gateway authorizes the path alone; a query string never matters.
     let path = path.split_once('?').map_or(path, |(p, _)| p);
-    let (allowed, line) = match normalize_path(path) {
+    let (allowed, line) = match normalize_path(path, state.config.listener.path_parameters) {
         Ok(normalized) => {
-            let _ = writeln!(out, "request:     {method} {normalized}");
-            decide(state, &normalized, &method, &roles)
+            let _ = writeln!(out, "request:     {method} {}", normalized.path);
+            decide(state, &normalized.path, &method, &roles)
         }
         Err(e) => {
             let _ = writeln!(out, "request:     {method} {path}");

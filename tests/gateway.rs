@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::*;
-use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use http::Method;
 use http_body_util::Full;
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::pem::PemObject;
@@ -105,72 +105,6 @@ async fn open_setup() -> Setup {
     let mut setup = Setup::new(echo_upstream().await);
     setup.extra = "[authorization]\ndefault = \"authenticated\"\n".into();
     setup
-}
-
-/// Sends one hand-written HTTP/1.1 request head (request line and header
-/// lines, each ending in CRLF; `host` and `connection: close` are added) and
-/// reads the reply, so that header-name case and request targets reach the
-/// gateway exactly as written.
-async fn raw_http1(client: &TestClient, addr: SocketAddr, head: &str) -> Reply {
-    let mut tls = client.tls(addr).await.expect("TLS connect");
-    let request = format!("{head}host: localhost\r\nconnection: close\r\n\r\n");
-    tls.write_all(request.as_bytes())
-        .await
-        .expect("write request");
-    let mut raw = Vec::new();
-    // The reply is complete once the gateway closes; a missing close_notify
-    // after that is not this test's concern.
-    let _ = tokio::time::timeout(WAIT, tls.read_to_end(&mut raw))
-        .await
-        .expect("reply in time");
-    parse_http1(&raw)
-}
-
-fn parse_http1(raw: &[u8]) -> Reply {
-    let text = String::from_utf8_lossy(raw);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .unwrap_or_else(|| panic!("no HTTP head in {text:?}"));
-    let mut lines = head.split("\r\n");
-    let status = lines
-        .next()
-        .and_then(|l| l.split(' ').nth(1))
-        .and_then(|c| c.parse().ok())
-        .unwrap_or_else(|| panic!("no status line in {text:?}"));
-    let mut headers = HeaderMap::new();
-    for line in lines {
-        let (name, value) = line.split_once(':').expect("header line");
-        headers.append(
-            HeaderName::from_bytes(name.as_bytes()).unwrap(),
-            HeaderValue::from_str(value.trim()).unwrap(),
-        );
-    }
-    Reply {
-        status: StatusCode::from_u16(status).unwrap(),
-        headers,
-        body: Bytes::from(body.to_owned()),
-    }
-}
-
-/// A gateway-made error: its status, its JSON `error`, and a `request_id`
-/// equal to the response's `x-request-id`.
-fn assert_gateway_error(reply: &Reply, status: u16, error: &str, case: &str) {
-    assert_eq!(
-        reply.status,
-        status,
-        "{case}: {}",
-        String::from_utf8_lossy(&reply.body)
-    );
-    let json = reply.json();
-    assert_eq!(json["error"], error, "{case}: {json}");
-    assert_eq!(
-        json["request_id"].as_str(),
-        reply
-            .headers
-            .get("x-request-id")
-            .and_then(|v| v.to_str().ok()),
-        "{case}: request_id must match the x-request-id response header"
-    );
 }
 
 fn roles_of(whoami: &serde_json::Value) -> Vec<String> {

@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::policy::{AuthzDefault, Glob, RoleRule, Route};
+use crate::policy::{AuthzDefault, Glob, PathParameters, RoleRule, Route};
 use raw::RawConfig;
 
 /// Where the configuration is read from when `-c` is not given.
@@ -43,6 +43,22 @@ pub struct ListenerConfig {
     pub max_header_bytes: usize,
     pub min_tls_version: TlsVersion,
     pub shutdown_timeout: Duration,
+    pub path_parameters: PathParameters,
+    pub underscore_headers: UnderscoreHeaders,
+}
+
+/// What happens to request headers whose name holds `_` (`listener.underscore_headers`).
+/// CGI, WSGI, Rack and PHP read `X_Client_Roles` and `X-Client-Roles` as one
+/// name, so a header the gateway would never forward could reach the
+/// application under another spelling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UnderscoreHeaders {
+    /// Removed before forwarding (nginx's default).
+    #[default]
+    Drop,
+    /// Forwarded, except the identity and forwarding families, which are
+    /// removed in every spelling whatever this says.
+    Keep,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -419,6 +435,20 @@ impl Validator<'_> {
         self.dir.join(value)
     }
 
+    /// One of a fixed set of words; the first option stands in after a
+    /// problem (list the strictest first).
+    fn choice<T: Copy>(&mut self, at: &str, value: &str, options: &[(&str, T)]) -> T {
+        if let Some((_, choice)) = options.iter().find(|(word, _)| *word == value) {
+            return *choice;
+        }
+        let words: Vec<String> = options.iter().map(|(w, _)| format!("\"{w}\"")).collect();
+        self.problem(
+            at,
+            format!("must be {}, got \"{value}\"", words.join(" or ")),
+        );
+        options[0].1
+    }
+
     fn toggle(&mut self, at: &str, value: &str) -> Toggle {
         match value {
             "allow" => Toggle::Allow,
@@ -501,6 +531,22 @@ fn validate(path: &Path, raw: RawConfig) -> Result<Config, ConfigError> {
             }
         },
         shutdown_timeout: v.duration("listener.shutdown_timeout", &l.shutdown_timeout),
+        path_parameters: v.choice(
+            "listener.path_parameters",
+            &l.path_parameters,
+            &[
+                ("reject", PathParameters::Reject),
+                ("allow", PathParameters::Allow),
+            ],
+        ),
+        underscore_headers: v.choice(
+            "listener.underscore_headers",
+            &l.underscore_headers,
+            &[
+                ("drop", UnderscoreHeaders::Drop),
+                ("keep", UnderscoreHeaders::Keep),
+            ],
+        ),
     };
 
     let t = raw.server_tls;

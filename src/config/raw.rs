@@ -44,6 +44,10 @@ pub struct RawListener {
     pub min_tls_version: String,
     #[serde(default = "d_shutdown_timeout")]
     pub shutdown_timeout: String,
+    #[serde(default = "d_path_parameters")]
+    pub path_parameters: String,
+    #[serde(default = "d_underscore_headers")]
+    pub underscore_headers: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -289,4 +293,12 @@ fn d_log_level() -> String {
 }
 fn d_log_format() -> String {
     s("json")
+}
+
+fn d_path_parameters() -> String {
+    "reject".into()
+}
+
+fn d_underscore_headers() -> String {
+    "drop".into()
 }

@@ -3,7 +3,7 @@
 //! among rules for that same path, the first (in file order) whose methods
 //! include the request's method decides.
 
-use super::{normalize_path, Roles};
+use super::{normalize_path, PathParameters, Roles};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AuthzDefault {
@@ -35,9 +35,16 @@ impl Route {
             "" => "/",
             p => p,
         };
-        match normalize_path(trimmed) {
-            Ok(n) if n == trimmed => {}
-            Ok(n) => return Err(format!("path `{path}` is not normalized (write `{n}`)")),
+        // A rule names plain segments: requests are matched without their
+        // `;` parameters, so a rule with one could never match.
+        match normalize_path(trimmed, PathParameters::Reject) {
+            Ok(n) if n.path == trimmed => {}
+            Ok(n) => {
+                return Err(format!(
+                    "path `{path}` is not normalized (write `{}`)",
+                    n.path
+                ))
+            }
             Err(e) => return Err(format!("path `{path}`: {e}")),
         }
         if trimmed.contains(['?', '#', '*']) {

@@ -9,5 +9,5 @@ mod roles;
 
 pub use authz::{Authorizer, AuthzDefault, Decision, Route};
 pub use glob::Glob;
-pub use path::{normalize_path, PathError};
+pub use path::{normalize_path, NormalizedPath, PathError, PathParameters};
 pub use roles::{RoleMapper, RoleRule, Roles};

@@ -316,6 +316,8 @@ mod tests {
             max_header_bytes: 16384,
             min_tls_version: crate::config::TlsVersion::V1_2,
             shutdown_timeout: Duration::from_secs(30),
+            path_parameters: Default::default(),
+            underscore_headers: Default::default(),
         }
     }
 

@@ -5,6 +5,7 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 use http_body_util::{Either, Full};
 
+use super::head::HeadError;
 use super::ProxyBody;
 use crate::metrics::UpstreamErrorKind;
 use crate::policy::PathError;
@@ -13,6 +14,8 @@ use crate::policy::PathError;
 pub enum GatewayError {
     #[error("bad request path: {0}")]
     BadPath(#[from] PathError),
+    #[error("bad request head: {0}")]
+    BadHead(#[from] HeadError),
     #[error("request head larger than listener.max_header_bytes")]
     HeadTooLarge,
     #[error("forbidden: {0}")]
@@ -37,6 +40,10 @@ impl GatewayError {
     pub fn status(&self) -> StatusCode {
         match self {
             GatewayError::BadPath(_) => StatusCode::BAD_REQUEST,
+            GatewayError::BadHead(HeadError::UnsupportedTransferEncoding) => {
+                StatusCode::NOT_IMPLEMENTED
+            }
+            GatewayError::BadHead(_) => StatusCode::BAD_REQUEST,
             GatewayError::HeadTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             GatewayError::Forbidden(_) | GatewayError::CertificateRejected(_) => {
                 StatusCode::FORBIDDEN
@@ -54,6 +61,15 @@ impl GatewayError {
     pub fn code(&self) -> &'static str {
         match self {
             GatewayError::BadPath(_) => "bad_path",
+            GatewayError::BadHead(
+                HeadError::DuplicateHost
+                | HeadError::MissingHost
+                | HeadError::InvalidHost
+                | HeadError::HostMismatch,
+            ) => "bad_host",
+            GatewayError::BadHead(HeadError::UnsupportedTransferEncoding) => {
+                "unsupported_transfer_encoding"
+            }
             GatewayError::HeadTooLarge => "request_header_fields_too_large",
             GatewayError::Forbidden(_) => "forbidden",
             GatewayError::CertificateRejected(_) => "certificate_rejected",
@@ -75,9 +91,13 @@ impl GatewayError {
 
     /// Whether the client should not reuse the connection afterwards.
     fn closes_connection(&self) -> bool {
+        // After a framing the gateway refused, where the body ends is
+        // exactly what is in doubt: the next bytes cannot be trusted as a head.
         matches!(
             self,
-            GatewayError::CertificateRejected(_) | GatewayError::Draining
+            GatewayError::CertificateRejected(_)
+                | GatewayError::Draining
+                | GatewayError::BadHead(HeadError::UnsupportedTransferEncoding)
         )
     }
 
@@ -120,6 +140,36 @@ mod tests {
                 GatewayError::BadPath(PathError::EncodedSlash),
                 400,
                 "bad_path",
+            ),
+            (
+                GatewayError::BadPath(PathError::PathParameters),
+                400,
+                "bad_path",
+            ),
+            (
+                GatewayError::BadHead(HeadError::DuplicateHost),
+                400,
+                "bad_host",
+            ),
+            (
+                GatewayError::BadHead(HeadError::MissingHost),
+                400,
+                "bad_host",
+            ),
+            (
+                GatewayError::BadHead(HeadError::InvalidHost),
+                400,
+                "bad_host",
+            ),
+            (
+                GatewayError::BadHead(HeadError::HostMismatch),
+                400,
+                "bad_host",
+            ),
+            (
+                GatewayError::BadHead(HeadError::UnsupportedTransferEncoding),
+                501,
+                "unsupported_transfer_encoding",
             ),
             (
                 GatewayError::HeadTooLarge,

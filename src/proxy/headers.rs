@@ -8,7 +8,7 @@ use std::sync::OnceLock;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
-use crate::config::IdentityConfig;
+use crate::config::{IdentityConfig, UnderscoreHeaders};
 use crate::identity::{join_list, Identity};
 
 pub static X_CLIENT_SUBJECT: HeaderName = HeaderName::from_static("x-client-subject");
@@ -116,14 +116,29 @@ fn xfcc(id: &Identity) -> String {
 
 /// Headers a client must never be able to set for the upstream: the whole
 /// `x-client-*` and `x-forwarded-*` families (today's names and any added
-/// later), `forwarded`, `x-real-ip`, and `x-request-id` (re-set by us).
+/// later), `forwarded`, `x-real-ip`, and `x-request-id` (re-set by us), in
+/// every spelling that CGI-style stacks read as the same name: `_` and `-`
+/// are one character to them, and names arrive here lowercased.
 fn is_spoofable(name: &HeaderName) -> bool {
-    let n = name.as_str();
-    n.starts_with("x-client-")
-        || n.starts_with("x-forwarded-")
-        || n == "forwarded"
-        || n == "x-real-ip"
-        || n == "x-request-id"
+    let n = name.as_str().as_bytes();
+    let starts =
+        |prefix: &[u8]| n.len() >= prefix.len() && same_cgi_name(&n[..prefix.len()], prefix);
+    starts(b"x-client-")
+        || starts(b"x-forwarded-")
+        || same_cgi_name(n, b"forwarded")
+        || same_cgi_name(n, b"x-real-ip")
+        || same_cgi_name(n, b"x-request-id")
+}
+
+/// Whether two lowercase names are one name to CGI, WSGI, Rack and PHP
+/// (`HTTP_X_CLIENT_ROLES`).
+fn same_cgi_name(a: &[u8], b: &[u8]) -> bool {
+    let fold = |c: u8| if c == b'_' { b'-' } else { c };
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| fold(*x) == fold(*y))
+}
+
+fn has_underscore(name: &HeaderName) -> bool {
+    name.as_str().contains('_')
 }
 
 /// Connection-level headers that apply to one hop only (RFC 9110 §7.6.1).
@@ -187,7 +202,7 @@ pub fn detach_values(headers: &mut HeaderMap) {
     }
 }
 
-fn remove_where(headers: &mut HeaderMap, pred: fn(&HeaderName) -> bool) {
+fn remove_where(headers: &mut HeaderMap, pred: impl Fn(&HeaderName) -> bool) {
     // Usually none or one (`connection`) matches: rescanning a short map
     // per removal is cheaper than collecting the names into a Vec.
     while let Some(name) = headers.keys().find(|n| pred(n)).cloned() {
@@ -203,6 +218,7 @@ pub struct Forwarding<'a> {
     pub leaf_der: &'a [u8],
     pub roles: &'a HeaderValue,
     pub options: IdentityConfig,
+    pub underscore_headers: UnderscoreHeaders,
     /// [`forwarded_for`] of the client, made once per connection.
     pub forwarded_for: &'a HeaderValue,
     pub request_id: &'a HeaderValue,
@@ -216,7 +232,10 @@ pub fn forwarded_for(peer_ip: IpAddr) -> HeaderValue {
 /// Rewrites an incoming request's headers into what the upstream receives.
 pub fn prepare_request_headers(headers: &mut HeaderMap, f: &Forwarding<'_>) {
     strip_hop_by_hop(headers);
-    remove_where(headers, is_spoofable);
+    match f.underscore_headers {
+        UnderscoreHeaders::Drop => remove_where(headers, |n| is_spoofable(n) || has_underscore(n)),
+        UnderscoreHeaders::Keep => remove_where(headers, is_spoofable),
+    }
     for (name, v) in &f.identity.always {
         headers.insert(*name, v.clone());
     }
@@ -285,6 +304,12 @@ mod tests {
             "x-forwarded-host",
             "forwarded",
             "x-real-ip",
+            "x_client_roles",
+            "X_Forwarded_For",
+            "x-client_subject",
+            "x_real-ip",
+            "x_request_id",
+            "FORWARDED",
         ] {
             h.append(
                 HeaderName::from_bytes(name.as_bytes()).unwrap(),
@@ -292,6 +317,7 @@ mod tests {
             );
         }
         h.insert("accept", HeaderValue::from_static("*/*"));
+        h.insert("x_custom_flag", HeaderValue::from_static("kept"));
         let id = identity();
         let ids = IdentityHeaders::new(&id);
         let roles = HeaderValue::from_static("ROLE_USER");
@@ -304,6 +330,7 @@ mod tests {
                 leaf_der: b"der-bytes",
                 roles: &roles,
                 options: IdentityConfig::default(),
+                underscore_headers: UnderscoreHeaders::Keep,
                 forwarded_for: &forwarded_for("127.0.0.9".parse().unwrap()),
                 request_id: &rid,
             },
@@ -316,6 +343,7 @@ mod tests {
         assert_eq!(h["x-forwarded-for"], "127.0.0.9");
         assert_eq!(h["x-forwarded-proto"], "https");
         assert_eq!(h["accept"], "*/*");
+        assert_eq!(h["x_custom_flag"], "kept", "underscore_headers = keep");
         assert!(h.get("x-client-cert").is_none() && h.get("x-forwarded-client-cert").is_none());
         assert_eq!(h.get_all("x-client-roles").iter().count(), 1);
     }
@@ -338,6 +366,7 @@ mod tests {
                     forward_cert: true,
                     xfcc: true,
                 },
+                underscore_headers: UnderscoreHeaders::Drop,
                 forwarded_for: &forwarded_for("::1".parse().unwrap()),
                 request_id: &rid,
             },
@@ -364,6 +393,56 @@ mod tests {
         h.insert("accept", HeaderValue::from_static("*/*"));
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1, "{h:?}");
+    }
+
+    #[test]
+    fn underscore_headers_are_dropped_by_default() {
+        let mut h = HeaderMap::new();
+        h.insert("x_custom_flag", HeaderValue::from_static("1"));
+        h.insert("my_token", HeaderValue::from_static("1"));
+        h.insert("x-plain", HeaderValue::from_static("1"));
+        let id = identity();
+        let ids = IdentityHeaders::new(&id);
+        let roles = HeaderValue::from_static("");
+        let rid = HeaderValue::from_static("rid");
+        prepare_request_headers(
+            &mut h,
+            &Forwarding {
+                identity: &ids,
+                id: &id,
+                leaf_der: b"der-bytes",
+                roles: &roles,
+                options: IdentityConfig::default(),
+                underscore_headers: UnderscoreHeaders::Drop,
+                forwarded_for: &forwarded_for("::1".parse().unwrap()),
+                request_id: &rid,
+            },
+        );
+        assert!(h.keys().all(|n| !n.as_str().contains('_')), "{h:?}");
+        assert_eq!(h["x-plain"], "1");
+    }
+
+    #[test]
+    fn cgi_spellings_of_protected_names() {
+        for name in [
+            "x_client_roles",
+            "x-client_anything",
+            "x_forwarded_host",
+            "forwarded",
+            "x_real_ip",
+            "x_request-id",
+        ] {
+            assert!(is_spoofable(&HeaderName::from_static(name)), "{name}");
+        }
+        for name in [
+            "x-clients",
+            "x_clientroles",
+            "forwarded-by",
+            "x-request",
+            "x_request_ids",
+        ] {
+            assert!(!is_spoofable(&HeaderName::from_static(name)), "{name}");
+        }
     }
 
     #[test]

@@ -10,6 +10,7 @@ mod client;
 mod connection;
 mod credential;
 mod error;
+mod head;
 pub mod headers;
 mod listener;
 mod service;

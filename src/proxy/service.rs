@@ -12,6 +12,7 @@ use http_body_util::Either;
 
 use super::client::ClientContext;
 use super::credential::Authn;
+use super::head;
 use super::headers::{self, Forwarding, X_REQUEST_ID};
 use super::{json_response, GatewayError, ProxyBody, RequestBody};
 use crate::gateway::Gateway;
@@ -101,31 +102,34 @@ async fn process(
     if req.method() == Method::CONNECT || (is_http1 && req.uri().scheme().is_some()) {
         return Err(GatewayError::BadPath(PathError::NotOriginForm));
     }
-    let path = normalize_path(req.uri().path())?.into_owned();
+    head::check(req.version(), req.uri(), req.headers())?;
+    let listener = &state.config.listener;
+    let path = normalize_path(req.uri().path(), listener.path_parameters)?.into_owned();
     if state.config.log.access_log {
-        outcome.path = Some(path.clone());
+        outcome.path = Some(path.path.to_string());
     }
 
     let authn = client.authenticate(state, &gw.metrics)?;
     let granted = authn.granted();
     outcome.roles = Some(granted.roles_header.clone());
 
-    if path.starts_with(INTERNAL_PREFIX) {
-        return internal_endpoint(&path, req.method(), client, &authn);
+    if path.path.starts_with(INTERNAL_PREFIX) {
+        return internal_endpoint(&path.path, req.method(), client, &authn);
     }
 
     match state
         .authz
-        .authorize(&path, req.method().as_str(), &granted.roles)
+        .authorize(&path.path, req.method().as_str(), &granted.roles)
     {
         Decision::Allow { .. } => {}
         Decision::Deny { reason, .. } => return Err(GatewayError::Forbidden(reason)),
     }
 
     let (mut parts, body) = req.into_parts();
+    let forwarded = path.into_forwarded();
     let path_and_query = match parts.uri.query() {
-        Some(q) => format!("{path}?{q}"),
-        None => path,
+        Some(q) => format!("{forwarded}?{q}"),
+        None => forwarded,
     };
     let path_and_query = PathAndQuery::try_from(path_and_query)
         .map_err(|_| GatewayError::BadPath(PathError::NotOriginForm))?;
@@ -146,6 +150,7 @@ async fn process(
             leaf_der: client.credential.leaf_der(),
             roles: &granted.roles_header,
             options: state.config.identity,
+            underscore_headers: listener.underscore_headers,
             forwarded_for: &client.forwarded_for,
             request_id,
         },
