@@ -3,6 +3,7 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
@@ -14,10 +15,27 @@ use tokio::net::TcpListener;
 
 use crate::gateway::Gateway;
 
+/// Admin connections served at once; further ones wait in the accept
+/// backlog. Probes and scrapers need a handful; the limit keeps a flood of
+/// connections to the admin port from costing the gateway memory.
+pub const MAX_CONNECTIONS: usize = 64;
+/// Time to send a request head, and the most a keep-alive connection may
+/// sit idle between requests.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest one admin connection lives, however it is used: a client
+/// that stops reading a response cannot hold its place.
+pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
+
 /// Serves admin requests until the process exits (it stays up while
 /// draining so that `/readyz` can say 503).
 pub async fn serve(listener: TcpListener, gw: Arc<Gateway>) {
+    let places = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
+        let place = places
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed");
         let (tcp, _) = match listener.accept().await {
             Ok(a) => a,
             Err(e) => {
@@ -28,15 +46,16 @@ pub async fn serve(listener: TcpListener, gw: Arc<Gateway>) {
         };
         let gw = gw.clone();
         tokio::spawn(async move {
+            let _place = place;
             let service = service_fn(move |req| {
                 let gw = gw.clone();
                 async move { Ok::<_, Infallible>(route(&gw, &req)) }
             });
-            let _ = hyper::server::conn::http1::Builder::new()
+            let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
-                .header_read_timeout(std::time::Duration::from_secs(10))
-                .serve_connection(TokioIo::new(tcp), service)
-                .await;
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(TokioIo::new(tcp), service);
+            let _ = tokio::time::timeout(CONNECTION_LIFETIME, conn).await;
         });
     }
 }

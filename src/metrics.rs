@@ -40,6 +40,7 @@ pub struct Metrics {
     requests: IntCounterVec,
     pub request_duration: Histogram,
     pub authz_denied: IntCounter,
+    pub stream_idle_timeouts: IntCounter,
     role_grants: IntCounterVec,
     upstream_errors: IntCounterVec,
     reloads: IntCounterVec,
@@ -145,6 +146,14 @@ impl Metrics {
                 IntCounter::new(
                     "certgate_authz_denied_total",
                     "Requests refused with 403 by the authorization rules.",
+                )
+                .expect("valid metric"),
+            ),
+            stream_idle_timeouts: register(
+                &r,
+                IntCounter::new(
+                    "certgate_stream_idle_timeouts_total",
+                    "Exchanges (HTTP/1.1 requests, HTTP/2 streams) ended because no byte moved for listener.stream_idle_timeout.",
                 )
                 .expect("valid metric"),
             ),

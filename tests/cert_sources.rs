@@ -167,21 +167,7 @@ fn check(config: &Path) -> (i32, String, String) {
 
 /// The tools among `tools` that are not installed (`openssl` has no `--version`).
 fn missing(tools: &[&'static str]) -> Vec<&'static str> {
-    tools
-        .iter()
-        .copied()
-        .filter(|t| {
-            let arg = if *t == "openssl" {
-                "version"
-            } else {
-                "--version"
-            };
-            !Command::new(t)
-                .arg(arg)
-                .output()
-                .is_ok_and(|o| o.status.success())
-        })
-        .collect()
+    tools.iter().copied().filter(|t| !have(t)).collect()
 }
 
 macro_rules! require {

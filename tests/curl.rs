@@ -200,3 +200,35 @@ async fn curl_path_as_is_dotdot_gets_400() {
     let (status, _, echo) = parse(&t.curl("/../etc/passwd", true, &[]).await);
     assert_eq!((status, echo["uri"].as_str()), (200, Some("/etc/passwd")));
 }
+
+/// A 56 KiB HTTP/2 header list (90 fields of 640 bytes, as a client with
+/// large cookies or tokens sends): the gateway's own final 431, counted and
+/// logged like any refusal, never h2's bare 431 and stream reset or a
+/// REFUSED_STREAM that tells curl to retry on new connections. (Past 64 KiB
+/// curl's nghttp2 refuses to send a header block at all, whatever the
+/// server allows: that REFUSED_STREAM is the client's own.)
+#[tokio::test(flavor = "multi_thread")]
+async fn curl_http2_header_block_over_the_limit_gets_a_final_431() {
+    if curl_missing() {
+        return;
+    }
+    let t = CurlSetup::start().await;
+    let value = "a".repeat(640);
+    let headers: Vec<String> = (0..90).map(|i| format!("x-h{i}: {value}")).collect();
+    let mut args = vec!["--http2"];
+    for h in &headers {
+        args.extend(["--header", h.as_str()]);
+    }
+    let out = t.curl("/v2/items", true, &args).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let (status, version, body) = parse(&out);
+    assert_eq!((status, version.as_str()), (431, "2"), "{stderr}");
+    assert_eq!(body["error"], "request_header_fields_too_large");
+    assert!(!stderr.contains("REFUSED_STREAM"), "{stderr}");
+    assert_eq!(t.gw.metric("certgate_requests_total{code=\"431\"}"), 1.0);
+    assert_eq!(
+        t.gw.metric("certgate_connections_total"),
+        1.0,
+        "curl did not retry on new connections"
+    );
+}

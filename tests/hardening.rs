@@ -988,3 +988,33 @@ async fn running_out_of_descriptors_backs_off_and_recovers() {
         == 0.0));
     assert_serving(&mut gw, &setup, &leaf).await;
 }
+
+/// A flood of idle connections to the admin port: the gateway takes at most
+/// `admin::MAX_CONNECTIONS` of them at once (the rest wait in the backlog),
+/// and serves probes again as soon as the flood goes.
+#[tokio::test(flavor = "multi_thread")]
+async fn admin_connection_flood_is_bounded() {
+    // Within the listen backlog (128), so that every connect completes.
+    const FLOOD: usize = 120;
+    let setup = open_setup("").await;
+    let mut gw = setup.start();
+    let leaf = client_leaf(&setup);
+    let admin = gw.admin.expect("admin listener");
+    let baseline = fd_count(gw.pid());
+    let mut flood = Vec::new();
+    for _ in 0..FLOOD {
+        flood.push(TcpStream::connect(admin).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let held = fd_count(gw.pid()) - baseline;
+    assert!(
+        held <= certgate::admin::MAX_CONNECTIONS,
+        "the daemon took {held} of {FLOOD} admin connections"
+    );
+    drop(flood);
+    assert!(
+        eventually(Duration::from_secs(5), || fd_count(gw.pid()) <= baseline),
+        "admin connections released"
+    );
+    assert_serving(&mut gw, &setup, &leaf).await;
+}

@@ -45,6 +45,8 @@ pub struct ListenerConfig {
     pub shutdown_timeout: Duration,
     pub path_parameters: PathParameters,
     pub underscore_headers: UnderscoreHeaders,
+    /// An exchange in progress that moves no byte for this long is ended.
+    pub stream_idle_timeout: Duration,
 }
 
 /// What happens to request headers whose name holds `_` (`listener.underscore_headers`).
@@ -359,6 +361,11 @@ fn env_value(value: &str) -> toml::Value {
     }
 }
 
+/// The longest any duration setting may be. Every timer adds its duration
+/// to the clock; a bound keeps that sum far from overflow, and no timeout
+/// or interval of a gateway needs more than a day.
+pub const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
+
 /// Parses `"250ms"`, `"10s"`, `"2m"`, `"1h"`; a bare number is rejected so
 /// that units are never guessed.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -400,6 +407,10 @@ impl Validator<'_> {
         match parse_duration(value) {
             Ok(d) if d.is_zero() => {
                 self.problem(at, "must be greater than zero");
+                Duration::from_secs(1)
+            }
+            Ok(d) if d > MAX_DURATION => {
+                self.problem(at, format!("`{value}` is longer than the maximum, \"24h\""));
                 Duration::from_secs(1)
             }
             Ok(d) => d,
@@ -547,6 +558,7 @@ fn validate(path: &Path, raw: RawConfig) -> Result<Config, ConfigError> {
                 ("keep", UnderscoreHeaders::Keep),
             ],
         ),
+        stream_idle_timeout: v.duration("listener.stream_idle_timeout", &l.stream_idle_timeout),
     };
 
     let t = raw.server_tls;

@@ -48,6 +48,8 @@ pub struct RawListener {
     pub path_parameters: String,
     #[serde(default = "d_underscore_headers")]
     pub underscore_headers: String,
+    #[serde(default = "d_stream_idle_timeout")]
+    pub stream_idle_timeout: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -301,4 +303,8 @@ fn d_path_parameters() -> String {
 
 fn d_underscore_headers() -> String {
     "drop".into()
+}
+
+fn d_stream_idle_timeout() -> String {
+    s("60s")
 }

@@ -43,6 +43,9 @@ fn minimal_config_gets_secure_defaults() {
     assert_eq!(c.listener.max_connections, 10_000);
     assert_eq!(c.listener.max_header_bytes, 16_384);
     assert_eq!(c.listener.min_tls_version, TlsVersion::V1_2);
+    assert_eq!(c.listener.stream_idle_timeout, Duration::from_secs(60));
+    assert_eq!(c.listener.path_parameters, PathParameters::Reject);
+    assert_eq!(c.listener.underscore_headers, UnderscoreHeaders::Drop);
     assert_eq!(c.authorization.default, AuthzDefault::Deny);
     assert_eq!(c.client_auth.crl_scope, CrlScope::Chain);
     assert_eq!(c.admin.address, Some("127.0.0.1:9464".parse().unwrap()));
@@ -136,6 +139,26 @@ fn value_validation_table() {
             "unitless duration",
             "idle_timeout = \"60\"",
             "listener.idle_timeout",
+        ),
+        (
+            "duration that overflows the clock",
+            "idle_timeout = \"9223372036854775807s\"",
+            "listener.idle_timeout",
+        ),
+        (
+            "duration over a day",
+            "stream_idle_timeout = \"25h\"",
+            "listener.stream_idle_timeout",
+        ),
+        (
+            "path parameters",
+            "path_parameters = \"strip\"",
+            "listener.path_parameters",
+        ),
+        (
+            "underscore headers",
+            "underscore_headers = \"allow\"",
+            "listener.underscore_headers",
         ),
         (
             "negative connections",

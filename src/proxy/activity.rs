@@ -19,6 +19,7 @@ use http::Request;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use tokio::sync::Notify;
 
+use super::progress::{Progress, Watch};
 use crate::config::ListenerConfig;
 
 /// How long a connection that was asked to close (idle or draining) and has
@@ -40,6 +41,9 @@ pub(super) enum Expiry {
     HeadTimeout,
     /// Nothing in flight for `idle_timeout`: close gracefully.
     Idle,
+    /// The HTTP/1 exchange in flight moved no byte for
+    /// `stream_idle_timeout`: close at once.
+    StreamIdle,
     /// Asked to close, nothing in flight, still open after [`CLOSE_GRACE`].
     Abandon,
 }
@@ -57,8 +61,12 @@ pub(super) struct Activity {
     read_blocked: AtomicBool,
     /// A response said the client may not use the connection again.
     close_requested: AtomicBool,
+    /// The HTTP/1 exchange in flight (restarted by each request). HTTP/2
+    /// streams each have their own (see `progress`).
+    pub(super) progress: Arc<Progress>,
     /// Wakes the connection loop when its next deadline may have moved
-    /// earlier: a head started, or the last in-flight request finished.
+    /// earlier: a head started, an HTTP/1 request began, or the last
+    /// in-flight request finished.
     pub(super) changed: Notify,
 }
 
@@ -74,18 +82,20 @@ pub(super) struct Snapshot {
 }
 
 impl Snapshot {
-    /// The next deadline and what happens when it passes; `None` while
-    /// requests are in flight (their own timeouts bound them).
+    /// The next deadline and what happens when it passes. While requests
+    /// are in flight that is `exchange_deadline`, the HTTP/1 exchange's
+    /// stall check; `None` on HTTP/2, whose streams time themselves.
     pub(super) fn next_expiry(
         &self,
         limits: &ListenerConfig,
         closing_since: Option<Instant>,
+        exchange_deadline: Option<Instant>,
     ) -> Option<(Instant, Expiry)> {
         if let Some(started) = self.head_started {
             return Some((started + limits.header_timeout, Expiry::HeadTimeout));
         }
         if self.in_flight > 0 {
-            return None;
+            return exchange_deadline.map(|at| (at, Expiry::StreamIdle));
         }
         Some(match closing_since {
             None => (self.last + limits.idle_timeout, Expiry::Idle),
@@ -110,8 +120,26 @@ impl Activity {
             unflushed: AtomicBool::new(false),
             read_blocked: AtomicBool::new(false),
             close_requested: AtomicBool::new(false),
+            progress: Arc::new(Progress::new()),
             changed: Notify::new(),
         }
+    }
+
+    /// [`Snapshot::next_expiry`] for this connection at `now`.
+    pub(super) fn next_expiry(
+        &self,
+        snapshot: &Snapshot,
+        limits: &ListenerConfig,
+        closing_since: Option<Instant>,
+        now: Instant,
+    ) -> Option<(Instant, Expiry)> {
+        let exchange_deadline = (self.tracks_heads && snapshot.in_flight > 0).then(|| {
+            match self.progress.watch(limits.stream_idle_timeout, now) {
+                Watch::Until(at) => at,
+                Watch::Expired => now,
+            }
+        });
+        snapshot.next_expiry(limits, closing_since, exchange_deadline)
     }
 
     pub(super) fn snapshot(&self) -> Snapshot {
@@ -124,17 +152,29 @@ impl Activity {
 
     /// hyper parsed a request head and called the service. The request is
     /// in flight until the returned guard is dropped; its body is wrapped
-    /// so that the connection learns when it has been read to its end.
+    /// so that the connection learns when it has been read to its end, and
+    /// its exchange (`progress`: the connection's on HTTP/1, the stream's on
+    /// HTTP/2) when bytes move.
     pub(super) fn begin(
         self: &Arc<Self>,
         req: Request<Incoming>,
+        progress: Arc<Progress>,
     ) -> (InFlight, Request<RequestBody>) {
-        let open = self.tracks_heads && !req.body().is_end_stream();
+        if self.tracks_heads {
+            // The connection's one exchange starts over with each request.
+            progress.restart();
+        }
+        let open = !req.body().is_end_stream();
+        if !open {
+            progress.request_body_ended(false);
+        }
+        let tracks_body_end = self.tracks_heads && open;
         let req = req.map(|inner| RequestBody {
             inner,
-            on_end: open.then(|| self.clone()),
+            on_end: tracks_body_end.then(|| self.clone()),
+            progress,
         });
-        (self.begin_request(open), req)
+        (self.begin_request(tracks_body_end), req)
     }
 
     fn begin_request(self: &Arc<Self>, body_open: bool) -> InFlight {
@@ -145,6 +185,11 @@ impl Activity {
         // HTTP/1 is one request at a time: hyper parses a head only after
         // the previous body was read or discarded.
         s.request_body_open = body_open;
+        drop(s);
+        if self.tracks_heads {
+            // The connection's timer moves from the head to the exchange.
+            self.changed.notify_one();
+        }
         InFlight(self.clone())
     }
 
@@ -232,9 +277,11 @@ impl Drop for InFlight {
     }
 }
 
-/// A response body that holds its request's [`InFlight`] until it is done.
+/// A response body that holds its request's [`InFlight`] until it is
+/// done, and reports each frame as progress of its exchange.
 pub(super) struct Tracked<B> {
     pub(super) body: B,
+    pub(super) progress: Arc<Progress>,
     pub(super) _in_flight: InFlight,
 }
 
@@ -246,7 +293,10 @@ impl<B: Body + Unpin> Body for Tracked<B> {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
-        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+        let this = self.get_mut();
+        let frame = std::task::ready!(Pin::new(&mut this.body).poll_frame(cx));
+        this.progress.touch();
+        Poll::Ready(frame)
     }
 
     fn is_end_stream(&self) -> bool {
@@ -265,13 +315,20 @@ impl<B: Body + Unpin> Body for Tracked<B> {
 pub struct RequestBody {
     inner: Incoming,
     on_end: Option<Arc<Activity>>,
+    progress: Arc<Progress>,
 }
 
 impl RequestBody {
-    fn ended(&mut self) {
+    fn ended(&mut self, failed: bool) {
+        self.progress.request_body_ended(failed);
         if let Some(activity) = self.on_end.take() {
             activity.request_body_read();
         }
+    }
+
+    /// The exchange this body belongs to.
+    pub(super) fn progress(&self) -> &Arc<Progress> {
+        &self.progress
     }
 }
 
@@ -285,10 +342,14 @@ impl Body for RequestBody {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = self.get_mut();
         let frame = std::task::ready!(Pin::new(&mut this.inner).poll_frame(cx));
+        this.progress.touch();
         // hyper marks its side done before handing out the last data frame
         // of a sized body, or before the trailers or end of a chunked one.
-        if frame.is_none() || this.inner.is_end_stream() {
-            this.ended();
+        match &frame {
+            Some(Err(_)) => this.ended(true),
+            None => this.ended(false),
+            Some(Ok(_)) if this.inner.is_end_stream() => this.ended(false),
+            Some(Ok(_)) => {}
         }
         Poll::Ready(frame)
     }
@@ -318,6 +379,7 @@ mod tests {
             shutdown_timeout: Duration::from_secs(30),
             path_parameters: Default::default(),
             underscore_headers: Default::default(),
+            stream_idle_timeout: Duration::from_secs(60),
         }
     }
 
@@ -358,7 +420,12 @@ mod tests {
                 None,
                 Some((at(50), Expiry::HeadTimeout)),
             ),
-            ("in flight: no timer", s(2, 5, None), None, None),
+            (
+                "in flight: no timer of the connection's",
+                s(2, 5, None),
+                None,
+                None,
+            ),
             (
                 "closing idle: grace",
                 s(0, 5, None),
@@ -385,8 +452,17 @@ mod tests {
             ),
         ];
         for (name, snapshot, closing, expected) in cases {
-            assert_eq!(snapshot.next_expiry(&l, *closing), *expected, "case {name}");
+            assert_eq!(
+                snapshot.next_expiry(&l, *closing, None),
+                *expected,
+                "case {name}"
+            );
         }
+        assert_eq!(
+            s(1, 5, None).next_expiry(&l, None, Some(at(70))),
+            Some((at(70), Expiry::StreamIdle)),
+            "an HTTP/1 exchange in flight: its stall check"
+        );
     }
 
     #[test]

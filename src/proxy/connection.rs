@@ -39,16 +39,18 @@ use http::header::CONNECTION;
 use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
 use hyper::service::{service_fn, HttpService};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 
 use super::activity::{Activity, Expiry, Tracked, CLOSE_GRACE};
 use super::client::ClientContext;
+use super::progress::{stream_stalled, Progress, StreamExecutor};
 use super::{service, ProxyBody};
 use crate::config::ListenerConfig;
 use crate::gateway::Gateway;
+use crate::metrics::Metrics;
 
 /// hyper's cap on HTTP/1 request header fields (its default is 100, too few
 /// for some legitimate clients; far below what a header flood needs).
@@ -62,6 +64,9 @@ const MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 20;
 /// HTTP/2 streams the gateway may reset for protocol errors before it sends
 /// GOAWAY (RUSTSEC-2024-0003); below h2's default of 1024.
 const MAX_LOCAL_ERROR_RESET_STREAMS: usize = 256;
+/// How much larger than `max_header_bytes` an HTTP/2 header list may be
+/// before h2 itself refuses it (see `http2_builder`).
+const H2_HEADER_LIST_FACTOR: usize = 8;
 /// The most an idle HTTP/1 connection reads (on the stack) when the client
 /// sends again; the rest of a longer head stays in rustls for hyper.
 const READ_AHEAD: usize = 4096;
@@ -81,12 +86,21 @@ pub(super) async fn serve(
         let activity = activity.clone();
         let gw = gw.clone();
         service_fn(move |req: http::Request<Incoming>| {
-            let (in_flight, req) = activity.begin(req);
             let (gw, client, activity) = (gw.clone(), client.clone(), activity.clone());
             // `handle` is called inside the block: a future captured by an
             // `async` block takes its size twice there (capture and awaitee),
             // and hyper keeps a slot of this block's size per connection.
             async move {
+                // On HTTP/2 this block runs in the stream's own task, under
+                // the stream's stall clock.
+                let progress = match http2 {
+                    true => Progress::current_stream().unwrap_or_else(|| {
+                        debug_assert!(false, "HTTP/2 streams run under StreamExecutor");
+                        Arc::new(Progress::new())
+                    }),
+                    false => activity.progress.clone(),
+                };
+                let (in_flight, req) = activity.begin(req, progress.clone());
                 let resp = service::handle(gw, client, req).await?;
                 // `Connection: close` from the gateway (a certificate a
                 // reload refused, draining): hyper ends an HTTP/1
@@ -99,6 +113,7 @@ pub(super) async fn serve(
                 // sent, so a long download is not mistaken for idleness.
                 Ok::<_, Infallible>(resp.map(|body| Tracked {
                     body,
+                    progress,
                     _in_flight: in_flight,
                 }))
             }
@@ -112,6 +127,7 @@ pub(super) async fn serve(
         activity,
         limits,
         peer,
+        metrics: gw.metrics.clone(),
         closing_since: None,
     };
     if http2 {
@@ -128,6 +144,7 @@ struct Conn<'a> {
     activity: Arc<Activity>,
     limits: &'a ListenerConfig,
     peer: SocketAddr,
+    metrics: Arc<Metrics>,
     /// When the connection was asked to close (idle or draining).
     closing_since: Option<Instant>,
 }
@@ -201,7 +218,12 @@ impl Conn<'_> {
             read_ahead: Bytes::new(),
             activity: self.activity.clone(),
         });
-        let conn = http2_builder(self.limits).serve_connection(io, service);
+        let executor = StreamExecutor {
+            idle: self.limits.stream_idle_timeout,
+            peer: self.peer,
+            metrics: self.metrics.clone(),
+        };
+        let conn = http2_builder(self.limits, executor).serve_connection(io, service);
         tokio::pin!(conn);
         self.drive(conn, |c| c.graceful_shutdown(), drained).await;
     }
@@ -214,10 +236,9 @@ impl Conn<'_> {
         tls: &mut Tls,
         drained: Pin<&mut impl Future<Output = ()>>,
     ) -> Option<Bytes> {
-        let (deadline, expiry) = self
-            .activity
-            .snapshot()
-            .next_expiry(self.limits, None)
+        let activity = &self.activity;
+        let (deadline, expiry) = activity
+            .next_expiry(&activity.snapshot(), self.limits, None, Instant::now())
             .expect("nothing is in flight between requests");
         tokio::select! {
             read = poll_fn(|cx| poll_read_ahead(tls, cx)) => match read {
@@ -269,8 +290,8 @@ impl Conn<'_> {
             }
             let closing = self.closing_since.is_some();
             let snapshot = activity.snapshot();
-            let mut next = snapshot
-                .next_expiry(limits, self.closing_since)
+            let mut next = activity
+                .next_expiry(&snapshot, limits, self.closing_since, Instant::now())
                 .map(|(at, _)| at);
             if !closing {
                 next = next
@@ -307,11 +328,18 @@ impl Conn<'_> {
                 _ = activity.changed.notified() => {}
                 _ = timer => {
                     let now = Instant::now();
-                    match activity.snapshot().next_expiry(limits, self.closing_since) {
+                    let snapshot = activity.snapshot();
+                    match activity.next_expiry(&snapshot, limits, self.closing_since, now) {
                         Some((at, expiry)) if at <= now => {
-                            log_expiry(peer, expiry);
+                            if expiry == Expiry::StreamIdle {
+                                stream_stalled(&self.metrics, peer, "closing the connection");
+                            } else {
+                                log_expiry(peer, expiry);
+                            }
                             match expiry {
-                                Expiry::HeadTimeout | Expiry::Abandon => return Served::Ended,
+                                Expiry::HeadTimeout | Expiry::Abandon | Expiry::StreamIdle => {
+                                    return Served::Ended
+                                }
                                 Expiry::Idle => {
                                     self.closing_since = Some(now);
                                     graceful_shutdown(conn.as_mut());
@@ -338,6 +366,8 @@ fn log_expiry(peer: SocketAddr, expiry: Expiry) {
         Expiry::Abandon => {
             tracing::debug!(%peer, "connection did not close when asked; dropping it")
         }
+        // Counted and logged by `stream_stalled`.
+        Expiry::StreamIdle => {}
     }
 }
 
@@ -383,12 +413,21 @@ fn http1_builder(limits: &ListenerConfig) -> http1::Builder {
     builder
 }
 
-fn http2_builder(limits: &ListenerConfig) -> http2::Builder<TokioExecutor> {
-    let mut builder = http2::Builder::new(TokioExecutor::new());
+fn http2_builder(
+    limits: &ListenerConfig,
+    executor: StreamExecutor,
+) -> http2::Builder<StreamExecutor> {
+    let mut builder = http2::Builder::new(executor);
     builder
         .timer(TokioTimer::new())
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
-        .max_header_list_size((limits.max_header_bytes * 2) as u32)
+        // The header list size a client is told it may send. Clients refuse
+        // to send a larger one themselves and report REFUSED_STREAM, which
+        // tells them to retry; a head above `max_header_bytes` but below this
+        // gets the service's final 431. This bounds the memory a head can take.
+        .max_header_list_size(
+            u32::try_from(limits.max_header_bytes * H2_HEADER_LIST_FACTOR).unwrap_or(u32::MAX),
+        )
         .max_pending_accept_reset_streams(MAX_PENDING_ACCEPT_RESET_STREAMS)
         .max_local_error_reset_streams(MAX_LOCAL_ERROR_RESET_STREAMS);
     builder
@@ -400,6 +439,16 @@ struct Watched {
     inner: Tls,
     read_ahead: Bytes,
     activity: Arc<Activity>,
+}
+
+impl Watched {
+    /// The client took bytes: progress of the HTTP/1 exchange (a reader
+    /// that stops reading stops it).
+    fn wrote_some(&self, polled: &Poll<io::Result<usize>>) {
+        if matches!(polled, Poll::Ready(Ok(n)) if *n > 0) {
+            self.activity.progress.touch();
+        }
+    }
 }
 
 impl AsyncRead for Watched {
@@ -421,7 +470,10 @@ impl AsyncRead for Watched {
         let before = buf.filled().len();
         let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
         match polled {
-            Poll::Ready(Ok(())) if buf.filled().len() > before => this.activity.received(),
+            Poll::Ready(Ok(())) if buf.filled().len() > before => {
+                this.activity.received();
+                this.activity.progress.touch();
+            }
             Poll::Pending => this.activity.read_blocked(true),
             // End of stream or an error: hyper closes the connection.
             Poll::Ready(_) => this.activity.read_blocked(false),
@@ -438,7 +490,9 @@ impl AsyncWrite for Watched {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         this.activity.wrote();
-        Pin::new(&mut this.inner).poll_write(cx, buf)
+        let polled = Pin::new(&mut this.inner).poll_write(cx, buf);
+        this.wrote_some(&polled);
+        polled
     }
 
     fn poll_write_vectored(
@@ -448,7 +502,9 @@ impl AsyncWrite for Watched {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         this.activity.wrote();
-        Pin::new(&mut this.inner).poll_write_vectored(cx, bufs)
+        let polled = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        this.wrote_some(&polled);
+        polled
     }
 
     fn is_write_vectored(&self) -> bool {

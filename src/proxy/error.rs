@@ -26,6 +26,13 @@ pub enum GatewayError {
     CertificateRejected(&'static str),
     #[error("no such gateway endpoint")]
     NotFound,
+    /// The client's request body broke off or was malformed (a bad chunk):
+    /// the client's fault, so never counted as an upstream error.
+    #[error("request body from the client was malformed or cut off")]
+    BadRequestBody,
+    /// `upstream.timeout` passed while the client was still sending its body.
+    #[error("client did not finish its request body within upstream.timeout")]
+    RequestBodyTimeout,
     #[error("upstream unreachable")]
     UpstreamConnect,
     #[error("upstream did not answer within upstream.timeout")]
@@ -49,6 +56,8 @@ impl GatewayError {
                 StatusCode::FORBIDDEN
             }
             GatewayError::NotFound => StatusCode::NOT_FOUND,
+            GatewayError::BadRequestBody => StatusCode::BAD_REQUEST,
+            GatewayError::RequestBodyTimeout => StatusCode::REQUEST_TIMEOUT,
             GatewayError::UpstreamConnect | GatewayError::UpstreamProtocol => {
                 StatusCode::BAD_GATEWAY
             }
@@ -74,6 +83,8 @@ impl GatewayError {
             GatewayError::Forbidden(_) => "forbidden",
             GatewayError::CertificateRejected(_) => "certificate_rejected",
             GatewayError::NotFound => "not_found",
+            GatewayError::BadRequestBody => "bad_request_body",
+            GatewayError::RequestBodyTimeout => "request_body_timeout",
             GatewayError::UpstreamConnect | GatewayError::UpstreamProtocol => "bad_gateway",
             GatewayError::UpstreamTimeout => "gateway_timeout",
             GatewayError::Draining => "draining",
@@ -91,13 +102,16 @@ impl GatewayError {
 
     /// Whether the client should not reuse the connection afterwards.
     fn closes_connection(&self) -> bool {
-        // After a framing the gateway refused, where the body ends is
-        // exactly what is in doubt: the next bytes cannot be trusted as a head.
+        // After a framing the gateway refused, or a body it could not read
+        // to its end, where the body ends is exactly what is in doubt: the
+        // next bytes cannot be trusted as a head.
         matches!(
             self,
             GatewayError::CertificateRejected(_)
                 | GatewayError::Draining
                 | GatewayError::BadHead(HeadError::UnsupportedTransferEncoding)
+                | GatewayError::BadRequestBody
+                | GatewayError::RequestBodyTimeout
         )
     }
 
@@ -183,6 +197,12 @@ mod tests {
                 "certificate_rejected",
             ),
             (GatewayError::NotFound, 404, "not_found"),
+            (GatewayError::BadRequestBody, 400, "bad_request_body"),
+            (
+                GatewayError::RequestBodyTimeout,
+                408,
+                "request_body_timeout",
+            ),
             (GatewayError::UpstreamConnect, 502, "bad_gateway"),
             (GatewayError::UpstreamProtocol, 502, "bad_gateway"),
             (GatewayError::UpstreamTimeout, 504, "gateway_timeout"),

@@ -13,6 +13,7 @@ mod error;
 mod head;
 pub mod headers;
 mod listener;
+mod progress;
 mod service;
 mod upstream;
 

@@ -14,6 +14,7 @@ use super::client::ClientContext;
 use super::credential::Authn;
 use super::head;
 use super::headers::{self, Forwarding, X_REQUEST_ID};
+use super::progress::Progress;
 use super::{json_response, GatewayError, ProxyBody, RequestBody};
 use crate::gateway::Gateway;
 use crate::policy::{normalize_path, Decision, PathError};
@@ -156,15 +157,30 @@ async fn process(
         },
     );
 
+    let progress = body.progress().clone();
+    progress.set_awaiting_head(true);
     let upstream_started = Instant::now();
     let result = state.upstream.send(Request::from_parts(parts, body)).await;
     outcome.upstream = Some(upstream_started.elapsed());
-    let (mut parts, body) = result?.into_parts();
+    progress.set_awaiting_head(false);
+    let (mut parts, body) = result.map_err(|e| blame(e, &progress))?.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers);
     if !is_http1 {
         headers::detach_values(&mut parts.headers);
     }
     Ok(Response::from_parts(parts, Either::Left(body)))
+}
+
+/// An upstream exchange that failed because of the client's request body
+/// is the client's error: a client must not be able to fire upstream alerts.
+fn blame(err: GatewayError, progress: &Progress) -> GatewayError {
+    if progress.request_body_failed() {
+        GatewayError::BadRequestBody
+    } else if err == GatewayError::UpstreamTimeout && !progress.request_body_done() {
+        GatewayError::RequestBodyTimeout
+    } else {
+        err
+    }
 }
 
 fn internal_endpoint(

@@ -785,10 +785,12 @@ impl Conn {
     }
 }
 
-/// Whether `curl` is installed (tests that drive it skip with a message otherwise).
+/// Whether `tool` is installed. Tests that drive a tool skip with a message
+/// when it is missing on a developer's machine; under CI (`CI` set), where
+/// `.ci/run` installs every tool, a missing one fails the test instead.
 pub fn have(tool: &str) -> bool {
     // `openssl` answers `version`; most other tools `--version`.
-    ["--version", "version"].iter().any(|arg| {
+    let found = ["--version", "version"].iter().any(|arg| {
         Command::new(tool)
             .arg(arg)
             .stdout(Stdio::null())
@@ -796,7 +798,12 @@ pub fn have(tool: &str) -> bool {
             .status()
             .map(|s| s.success())
             .unwrap_or(false)
-    })
+    });
+    assert!(
+        found || std::env::var_os("CI").is_none(),
+        "`{tool}` is not installed, and CI must run every test (.ci/run installs it)"
+    );
+    found
 }
 
 // ------------------------------------------ raw TLS and HTTP/2 streams ----
