@@ -11,8 +11,8 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod daemon;
-pub mod devpki;
-pub mod echo;
+#[cfg(feature = "dev-tools")]
+pub mod devtools;
 pub mod gateway;
 pub mod identity;
 pub mod inspect;
