@@ -14,6 +14,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
 use crate::gateway::Gateway;
+use crate::proxy::Credentials;
 
 /// Admin connections served at once; further ones wait in the accept
 /// backlog. Probes and scrapers need a handful; the limit keeps a flood of
@@ -28,7 +29,7 @@ pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
 
 /// Serves admin requests until the process exits (it stays up while
 /// draining so that `/readyz` can say 503).
-pub async fn serve(listener: TcpListener, gw: Arc<Gateway>) {
+pub async fn serve(listener: TcpListener, gw: Arc<Gateway>, credentials: Arc<Credentials>) {
     let places = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         let place = places
@@ -44,12 +45,12 @@ pub async fn serve(listener: TcpListener, gw: Arc<Gateway>) {
                 continue;
             }
         };
-        let gw = gw.clone();
+        let (gw, credentials) = (gw.clone(), credentials.clone());
         tokio::spawn(async move {
             let _place = place;
             let service = service_fn(move |req| {
-                let gw = gw.clone();
-                async move { Ok::<_, Infallible>(route(&gw, &req)) }
+                let (gw, credentials) = (gw.clone(), credentials.clone());
+                async move { Ok::<_, Infallible>(route(&gw, &credentials, &req)) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -60,7 +61,11 @@ pub async fn serve(listener: TcpListener, gw: Arc<Gateway>) {
     }
 }
 
-fn route(gw: &Gateway, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+fn route(
+    gw: &Gateway,
+    credentials: &Credentials,
+    req: &Request<Incoming>,
+) -> Response<Full<Bytes>> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
     }
@@ -76,12 +81,12 @@ fn route(gw: &Gateway, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         "/healthz" => text(StatusCode::OK, "ok\n"),
         "/readyz" if gw.is_draining() => text(StatusCode::SERVICE_UNAVAILABLE, "draining\n"),
         "/readyz" => text(StatusCode::OK, "ready\n"),
-        "/status" => status(gw),
+        "/status" => status(gw, credentials),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
 }
 
-fn status(gw: &Gateway) -> Response<Full<Bytes>> {
+fn status(gw: &Gateway, credentials: &Credentials) -> Response<Full<Bytes>> {
     let state = gw.state();
     let reload = gw.reload_status();
     let body = serde_json::json!({
@@ -91,7 +96,7 @@ fn status(gw: &Gateway) -> Response<Full<Bytes>> {
         "upstream": state.config.upstream.url.to_string(),
         "connections_active": gw.metrics.connections_active.get(),
         // Distinct client certificate chains behind those connections.
-        "client_certificates_active": gw.credentials.active(),
+        "client_certificates_active": credentials.active(),
         "loaded_at": crate::identity::rfc3339(state.loaded_at_unix),
         "last_reload": {
             "attempt": reload.last_attempt_unix.map(crate::identity::rfc3339),

@@ -148,4 +148,3 @@ fn explain(path: &Path, cert: &Path, req_path: &str, method: &str) -> ExitCode {
         }
     }
 }
-

@@ -1,6 +1,8 @@
 //! The running gateway's shared handle: the current [`State`] behind an
 //! `ArcSwap` (the reload task is its only writer), the metrics, the drain
-//! signal, and reload bookkeeping for `/status`.
+//! signal, and reload bookkeeping for `/status`. It sits below the proxy:
+//! what only the data path needs (the client-credential cache) the proxy
+//! owns itself.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -10,7 +12,6 @@ use http::HeaderValue;
 use tokio::sync::watch;
 
 use crate::metrics::Metrics;
-use crate::proxy::Credentials;
 use crate::state::State;
 
 /// What `/status` reports about reloads.
@@ -24,8 +25,6 @@ pub struct ReloadStatus {
 pub struct Gateway {
     state: ArcSwap<State>,
     pub metrics: Arc<Metrics>,
-    /// Client credentials shared by the open connections that present them.
-    pub credentials: Arc<Credentials>,
     draining: watch::Sender<bool>,
     request_id_prefix: u64,
     request_counter: AtomicU64,
@@ -45,7 +44,6 @@ impl Gateway {
             }),
             state: ArcSwap::from_pointee(state),
             metrics,
-            credentials: Arc::default(),
             draining: watch::channel(false).0,
             request_id_prefix: u64::from_be_bytes(prefix),
             request_counter: AtomicU64::new(0),
@@ -93,7 +91,7 @@ impl Gateway {
     }
 
     /// Completes once draining has started.
-    pub async fn drained(&self) {
+    pub async fn drain_started(&self) {
         let mut rx = self.draining.subscribe();
         let _ = rx.wait_for(|d| *d).await.map(|_| ());
     }

@@ -13,6 +13,7 @@ pub mod config;
 pub mod daemon;
 #[cfg(feature = "dev-tools")]
 pub mod devtools;
+pub mod exchange;
 pub mod gateway;
 pub mod identity;
 pub mod inspect;
@@ -24,3 +25,4 @@ pub mod reload;
 pub mod state;
 pub mod systemd;
 pub mod tls;
+pub mod upstream;

@@ -12,24 +12,7 @@ use prometheus::{
 
 use crate::state::State;
 use crate::tls::{CertInfo, CrlInfo, HandshakeFailure};
-
-/// Upstream failure kinds, the `kind` label of `certgate_upstream_errors_total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum UpstreamErrorKind {
-    Connect,
-    Timeout,
-    Protocol,
-}
-
-impl UpstreamErrorKind {
-    fn label(self) -> &'static str {
-        match self {
-            UpstreamErrorKind::Connect => "connect",
-            UpstreamErrorKind::Timeout => "timeout",
-            UpstreamErrorKind::Protocol => "protocol",
-        }
-    }
-}
+use crate::upstream::UpstreamError;
 
 pub struct Metrics {
     registry: Registry,
@@ -202,11 +185,7 @@ impl Metrics {
         for f in HandshakeFailure::ALL {
             m.handshakes.with_label_values(&[f.label()]);
         }
-        for k in [
-            UpstreamErrorKind::Connect,
-            UpstreamErrorKind::Timeout,
-            UpstreamErrorKind::Protocol,
-        ] {
+        for k in UpstreamError::ALL {
             m.upstream_errors.with_label_values(&[k.label()]);
         }
         m.reloads.with_label_values(&["success"]);
@@ -236,7 +215,7 @@ impl Metrics {
         self.role_grants.with_label_values(&[role]).inc();
     }
 
-    pub fn upstream_error(&self, kind: UpstreamErrorKind) {
+    pub fn upstream_error(&self, kind: UpstreamError) {
         self.upstream_errors
             .with_label_values(&[kind.label()])
             .inc();

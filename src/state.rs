@@ -15,8 +15,8 @@ use rustls::ServerConfig;
 
 use crate::config::{CertSource, Config};
 use crate::policy::{Authorizer, RoleMapper};
-use crate::proxy::Upstream;
 use crate::tls::{self, load, CertInfo, CrlInfo, LoadError, ServerCerts};
+use crate::upstream::Upstream;
 
 pub struct State {
     pub generation: u64,

@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::policy::{AuthzDefault, Glob, PathParameters, RoleRule, Route};
+use crate::policy::{valid_role, AuthzDefault, Glob, PathParameters, RoleRule, Route};
 use raw::RawConfig;
 
 /// Where the configuration is read from when `-c` is not given.
@@ -793,11 +793,6 @@ fn valid_sni_pattern(name: &str) -> bool {
                     .bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b == b'-')
         })
-}
-
-/// Roles travel in a comma-separated header, so they must be plain tokens.
-pub fn valid_role(role: &str) -> bool {
-    !role.is_empty() && role.len() <= 128 && role.bytes().all(|b| b.is_ascii_graphic() && b != b',')
 }
 
 /// Role rule matchers compile patterns here so `policy` stays free of serde.

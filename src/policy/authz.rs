@@ -70,7 +70,7 @@ impl Route {
                 Some(upper)
             }
         };
-        if let Some(bad) = roles.iter().find(|r| !crate::config::valid_role(r)) {
+        if let Some(bad) = roles.iter().find(|r| !super::valid_role(r)) {
             return Err(format!(
                 "role `{bad}` must be 1-128 visible ASCII characters without commas"
             ));

@@ -11,3 +11,8 @@ pub use authz::{Authorizer, AuthzDefault, Decision, Route};
 pub use glob::Glob;
 pub use path::{normalize_path, NormalizedPath, PathError, PathParameters};
 pub use roles::{RoleMapper, RoleRule, Roles};
+
+/// Roles travel in a comma-separated header, so they must be plain tokens.
+pub fn valid_role(role: &str) -> bool {
+    !role.is_empty() && role.len() <= 128 && role.bytes().all(|b| b.is_ascii_graphic() && b != b',')
+}

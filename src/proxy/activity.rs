@@ -14,13 +14,12 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use http::Request;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use tokio::sync::Notify;
 
-use super::progress::{Progress, Watch};
 use crate::config::ListenerConfig;
+use crate::exchange::{Progress, RequestBody, Watch};
 
 /// How long a connection that was asked to close (idle or draining) and has
 /// nothing in flight may take to do so before it is dropped: an HTTP/2 peer
@@ -77,8 +76,6 @@ pub(super) struct Snapshot {
     pub(super) last: Instant,
     /// When the bytes of a not yet complete HTTP/1 request head began.
     pub(super) head_started: Option<Instant>,
-    /// The latest HTTP/1 request's body has not been read to its end.
-    pub(super) request_body_open: bool,
 }
 
 impl Snapshot {
@@ -114,7 +111,6 @@ impl Activity {
                 // The first request head is due within header_timeout of the
                 // handshake, whether or not any byte of it arrives.
                 head_started: http1.then_some(now),
-                request_body_open: false,
             }),
             tracks_heads: http1,
             unflushed: AtomicBool::new(false),
@@ -151,10 +147,9 @@ impl Activity {
     }
 
     /// hyper parsed a request head and called the service. The request is
-    /// in flight until the returned guard is dropped; its body is wrapped
-    /// so that the connection learns when it has been read to its end, and
-    /// its exchange (`progress`: the connection's on HTTP/1, the stream's on
-    /// HTTP/2) when bytes move.
+    /// in flight until the returned guard is dropped; its body reports to
+    /// its exchange (`progress`: the connection's on HTTP/1, where it also
+    /// tells when the body has been read to its end, the stream's on HTTP/2).
     pub(super) fn begin(
         self: &Arc<Self>,
         req: Request<Incoming>,
@@ -164,27 +159,15 @@ impl Activity {
             // The connection's one exchange starts over with each request.
             progress.restart();
         }
-        let open = !req.body().is_end_stream();
-        if !open {
-            progress.request_body_ended(false);
-        }
-        let tracks_body_end = self.tracks_heads && open;
-        let req = req.map(|inner| RequestBody {
-            inner,
-            on_end: tracks_body_end.then(|| self.clone()),
-            progress,
-        });
-        (self.begin_request(tracks_body_end), req)
+        let req = req.map(|inner| RequestBody::new(inner, progress));
+        (self.begin_request(), req)
     }
 
-    fn begin_request(self: &Arc<Self>, body_open: bool) -> InFlight {
+    fn begin_request(self: &Arc<Self>) -> InFlight {
         let mut s = self.lock();
         s.in_flight += 1;
         s.last = Instant::now();
         s.head_started = None;
-        // HTTP/1 is one request at a time: hyper parses a head only after
-        // the previous body was read or discarded.
-        s.request_body_open = body_open;
         drop(s);
         if self.tracks_heads {
             // The connection's timer moves from the head to the exchange.
@@ -246,8 +229,10 @@ impl Activity {
         if self.unflushed.load(Ordering::Relaxed) || !self.read_blocked.load(Ordering::Relaxed) {
             return false;
         }
+        // HTTP/1 is one request at a time: hyper parses a head only after
+        // the previous body was read or discarded.
         let s = self.snapshot();
-        !s.request_body_open && self.set_aside_at(&s).is_some_and(|at| at <= now)
+        self.progress.request_body_done() && self.set_aside_at(&s).is_some_and(|at| at <= now)
     }
 
     /// When [`Activity::between_requests`] may next turn true, for the
@@ -256,10 +241,6 @@ impl Activity {
     pub(super) fn set_aside_at(&self, s: &Snapshot) -> Option<Instant> {
         (self.tracks_heads && s.in_flight == 0 && s.head_started.is_none())
             .then_some(s.last + SET_ASIDE_AFTER)
-    }
-
-    fn request_body_read(&self) {
-        self.lock().request_body_open = false;
     }
 }
 
@@ -308,61 +289,6 @@ impl<B: Body + Unpin> Body for Tracked<B> {
     }
 }
 
-/// A client's request body on its way upstream. On HTTP/1 it tells the
-/// connection once it has been read to its end: only then is hyper past
-/// the body, waiting for the next head. A body dropped unread says
-/// nothing; hyper then discards the rest or closes the connection.
-pub struct RequestBody {
-    inner: Incoming,
-    on_end: Option<Arc<Activity>>,
-    progress: Arc<Progress>,
-}
-
-impl RequestBody {
-    fn ended(&mut self, failed: bool) {
-        self.progress.request_body_ended(failed);
-        if let Some(activity) = self.on_end.take() {
-            activity.request_body_read();
-        }
-    }
-
-    /// The exchange this body belongs to.
-    pub(super) fn progress(&self) -> &Arc<Progress> {
-        &self.progress
-    }
-}
-
-impl Body for RequestBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let this = self.get_mut();
-        let frame = std::task::ready!(Pin::new(&mut this.inner).poll_frame(cx));
-        this.progress.touch();
-        // hyper marks its side done before handing out the last data frame
-        // of a sized body, or before the trailers or end of a chunked one.
-        match &frame {
-            Some(Err(_)) => this.ended(true),
-            None => this.ended(false),
-            Some(Ok(_)) if this.inner.is_end_stream() => this.ended(false),
-            Some(Ok(_)) => {}
-        }
-        Poll::Ready(frame)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -391,7 +317,6 @@ mod tests {
             in_flight,
             last: t0 + Duration::from_secs(last_after),
             head_started: head_after.map(|h| t0 + Duration::from_secs(h)),
-            request_body_open: false,
         };
         let at = |secs: u64| t0 + Duration::from_secs(secs);
         // (name, activity, closing since, expected next deadline)
@@ -485,7 +410,7 @@ mod tests {
             h1.snapshot().head_started.is_some(),
             "HTTP/1 owes its first head"
         );
-        let req = h1.begin_request(false);
+        let req = h1.begin_request();
         assert_eq!(
             h1.snapshot().head_started,
             None,
@@ -513,7 +438,7 @@ mod tests {
         h1.read_blocked(true);
         assert!(!h1.between_requests(later()), "the first head is owed");
         assert_eq!(h1.set_aside_at(&h1.snapshot()), None);
-        let req = h1.begin_request(true);
+        let req = h1.begin_request();
         assert!(!h1.between_requests(later()), "request in flight");
         assert_eq!(h1.set_aside_at(&h1.snapshot()), None);
         h1.wrote();
@@ -527,7 +452,7 @@ mod tests {
             !h1.between_requests(later()),
             "request body not read to its end"
         );
-        h1.request_body_read();
+        h1.progress.request_body_ended(false);
         assert!(!h1.between_requests(later()), "response not flushed");
         h1.flushed();
         assert!(
@@ -546,7 +471,7 @@ mod tests {
 
         let h2 = Arc::new(Activity::new(false));
         h2.read_blocked(true);
-        drop(h2.begin_request(false));
+        drop(h2.begin_request());
         assert!(!h2.between_requests(later()), "HTTP/2 is never set aside");
         assert_eq!(h2.set_aside_at(&h2.snapshot()), None);
     }

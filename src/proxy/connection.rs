@@ -46,9 +46,10 @@ use tokio_rustls::server::TlsStream;
 
 use super::activity::{Activity, Expiry, Tracked, CLOSE_GRACE};
 use super::client::ClientContext;
-use super::progress::{stream_stalled, Progress, StreamExecutor};
+use super::streams::{current_stream, stream_stalled, StreamExecutor};
 use super::{service, ProxyBody};
 use crate::config::ListenerConfig;
+use crate::exchange::Progress;
 use crate::gateway::Gateway;
 use crate::metrics::Metrics;
 
@@ -94,7 +95,7 @@ pub(super) async fn serve(
                 // On HTTP/2 this block runs in the stream's own task, under
                 // the stream's stall clock.
                 let progress = match http2 {
-                    true => Progress::current_stream().unwrap_or_else(|| {
+                    true => current_stream().unwrap_or_else(|| {
                         debug_assert!(false, "HTTP/2 streams run under StreamExecutor");
                         Arc::new(Progress::new())
                     }),
@@ -120,8 +121,8 @@ pub(super) async fn serve(
         })
     };
     // One drain subscription for the connection's life: the loop below turns
-    // twice per request, and a fresh `drained()` each time showed up in profiles.
-    let drained = gw.drained();
+    // twice per request, and a fresh `drain_started()` each time showed up in profiles.
+    let drained = gw.drain_started();
     tokio::pin!(drained);
     let conn = Conn {
         activity,

@@ -7,8 +7,8 @@ use http_body_util::{Either, Full};
 
 use super::head::HeadError;
 use super::ProxyBody;
-use crate::metrics::UpstreamErrorKind;
 use crate::policy::PathError;
+use crate::upstream::UpstreamError;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum GatewayError {
@@ -33,12 +33,8 @@ pub enum GatewayError {
     /// `upstream.timeout` passed while the client was still sending its body.
     #[error("client did not finish its request body within upstream.timeout")]
     RequestBodyTimeout,
-    #[error("upstream unreachable")]
-    UpstreamConnect,
-    #[error("upstream did not answer within upstream.timeout")]
-    UpstreamTimeout,
-    #[error("upstream broke the exchange")]
-    UpstreamProtocol,
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
     #[error("gateway is draining")]
     Draining,
 }
@@ -58,10 +54,10 @@ impl GatewayError {
             GatewayError::NotFound => StatusCode::NOT_FOUND,
             GatewayError::BadRequestBody => StatusCode::BAD_REQUEST,
             GatewayError::RequestBodyTimeout => StatusCode::REQUEST_TIMEOUT,
-            GatewayError::UpstreamConnect | GatewayError::UpstreamProtocol => {
+            GatewayError::Upstream(UpstreamError::Connect | UpstreamError::Protocol) => {
                 StatusCode::BAD_GATEWAY
             }
-            GatewayError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            GatewayError::Upstream(UpstreamError::Timeout) => StatusCode::GATEWAY_TIMEOUT,
             GatewayError::Draining => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -85,17 +81,17 @@ impl GatewayError {
             GatewayError::NotFound => "not_found",
             GatewayError::BadRequestBody => "bad_request_body",
             GatewayError::RequestBodyTimeout => "request_body_timeout",
-            GatewayError::UpstreamConnect | GatewayError::UpstreamProtocol => "bad_gateway",
-            GatewayError::UpstreamTimeout => "gateway_timeout",
+            GatewayError::Upstream(UpstreamError::Connect | UpstreamError::Protocol) => {
+                "bad_gateway"
+            }
+            GatewayError::Upstream(UpstreamError::Timeout) => "gateway_timeout",
             GatewayError::Draining => "draining",
         }
     }
 
-    pub fn upstream_kind(&self) -> Option<UpstreamErrorKind> {
+    pub fn upstream_kind(&self) -> Option<UpstreamError> {
         match self {
-            GatewayError::UpstreamConnect => Some(UpstreamErrorKind::Connect),
-            GatewayError::UpstreamTimeout => Some(UpstreamErrorKind::Timeout),
-            GatewayError::UpstreamProtocol => Some(UpstreamErrorKind::Protocol),
+            GatewayError::Upstream(e) => Some(*e),
             _ => None,
         }
     }
@@ -203,9 +199,21 @@ mod tests {
                 408,
                 "request_body_timeout",
             ),
-            (GatewayError::UpstreamConnect, 502, "bad_gateway"),
-            (GatewayError::UpstreamProtocol, 502, "bad_gateway"),
-            (GatewayError::UpstreamTimeout, 504, "gateway_timeout"),
+            (
+                GatewayError::Upstream(UpstreamError::Connect),
+                502,
+                "bad_gateway",
+            ),
+            (
+                GatewayError::Upstream(UpstreamError::Protocol),
+                502,
+                "bad_gateway",
+            ),
+            (
+                GatewayError::Upstream(UpstreamError::Timeout),
+                504,
+                "gateway_timeout",
+            ),
             (GatewayError::Draining, 503, "draining"),
         ];
         for (err, status, code) in cases {

@@ -16,6 +16,7 @@ use tokio_util::task::TaskTracker;
 
 use super::client::ClientContext;
 use super::connection;
+use super::credential::Credentials;
 use crate::gateway::Gateway;
 use crate::metrics::ActiveConnection;
 use crate::state::State;
@@ -28,7 +29,14 @@ const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 
 /// Accepts connections until the gateway drains; every connection task is
 /// spawned on `tracker` so the caller can wait for them to finish.
-pub async fn serve(listener: TcpListener, gw: Arc<Gateway>, tracker: TaskTracker) {
+/// Accepts and serves mTLS connections until the drain starts. Connections
+/// that present the same chain share one entry of `credentials`.
+pub async fn serve(
+    listener: TcpListener,
+    gw: Arc<Gateway>,
+    credentials: Arc<Credentials>,
+    tracker: TaskTracker,
+) {
     let max = gw.state().config.listener.max_connections;
     let permits = Arc::new(Semaphore::new(max));
     let mut backoff = ACCEPT_BACKOFF_MIN;
@@ -36,11 +44,11 @@ pub async fn serve(listener: TcpListener, gw: Arc<Gateway>, tracker: TaskTracker
         // Beyond max_connections, new connections wait in the kernel backlog.
         let permit = tokio::select! {
             p = permits.clone().acquire_owned() => p.expect("semaphore is never closed"),
-            _ = gw.drained() => break,
+            _ = gw.drain_started() => break,
         };
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
-            _ = gw.drained() => break,
+            _ = gw.drain_started() => break,
         };
         let (tcp, peer) = match accepted {
             Ok(a) => {
@@ -57,15 +65,15 @@ pub async fn serve(listener: TcpListener, gw: Arc<Gateway>, tracker: TaskTracker
                 tracing::warn!(error = %e, backoff_ms = backoff.as_millis() as u64, "accept failed; backing off");
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
-                    _ = gw.drained() => break,
+                    _ = gw.drain_started() => break,
                 }
                 backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
                 continue;
             }
         };
-        let gw = gw.clone();
+        let (gw, credentials) = (gw.clone(), credentials.clone());
         tracker.spawn(async move {
-            handle_connection(gw, tcp, peer).await;
+            handle_connection(gw, &credentials, tcp, peer).await;
             drop(permit);
         });
     }
@@ -82,7 +90,12 @@ fn is_connection_error(e: &io::Error) -> bool {
     )
 }
 
-async fn handle_connection(gw: Arc<Gateway>, tcp: TcpStream, peer: SocketAddr) {
+async fn handle_connection(
+    gw: Arc<Gateway>,
+    credentials: &Arc<Credentials>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+) {
     let _active = ActiveConnection::open(&gw.metrics);
     let _ = tcp.set_nodelay(true);
     let state = gw.state();
@@ -94,7 +107,7 @@ async fn handle_connection(gw: Arc<Gateway>, tcp: TcpStream, peer: SocketAddr) {
         return;
     };
     let chain = tls.get_ref().1.peer_certificates().unwrap_or_default();
-    let credential = match gw.credentials.get(chain, &state) {
+    let credential = match credentials.get(chain, &state) {
         Ok(c) => c,
         Err(e) => {
             tracing::warn!(%peer, error = %e, "verified client certificate has unreadable identity fields; closing");
@@ -120,7 +133,7 @@ async fn handshake(
     // a 503, and a silent peer would hold the drain for handshake_timeout.
     let outcome = tokio::select! {
         outcome = accept => outcome,
-        _ = gw.drained() => {
+        _ = gw.drain_started() => {
             tracing::debug!(%peer, "TLS handshake abandoned: draining");
             return None;
         }

@@ -2,8 +2,8 @@
 //! serving under the connection's timers (`connection`, `activity`), the
 //! verified client of one connection (`client`) and the credential it
 //! shares with the client's other connections (`credential`), the per-request pipeline
-//! (`service`), header rewriting (`headers`), the upstream client
-//! (`upstream`) and gateway-made error responses (`error`).
+//! (`service`), HTTP/2 streams under their stall clocks (`streams`), header
+//! rewriting (`headers`) and gateway-made error responses (`error`).
 
 mod activity;
 mod client;
@@ -13,17 +13,14 @@ mod error;
 mod head;
 pub mod headers;
 mod listener;
-mod progress;
 mod service;
-mod upstream;
+mod streams;
 
-pub use activity::RequestBody;
 pub use client::ClientContext;
 pub use credential::Credentials;
 pub use error::{json_response, GatewayError};
 pub use listener::serve;
 pub(crate) use service::{INTERNAL_PREFIX, WHOAMI};
-pub use upstream::Upstream;
 
 /// Response bodies are either streamed from the upstream or made here.
 pub type ProxyBody =

@@ -14,11 +14,12 @@ use super::client::ClientContext;
 use super::credential::Authn;
 use super::head;
 use super::headers::{self, Forwarding, X_REQUEST_ID};
-use super::progress::Progress;
-use super::{json_response, GatewayError, ProxyBody, RequestBody};
+use super::{json_response, GatewayError, ProxyBody};
+use crate::exchange::{Progress, RequestBody};
 use crate::gateway::Gateway;
 use crate::policy::{normalize_path, Decision, PathError};
 use crate::state::State;
+use crate::upstream::UpstreamError;
 
 /// Gateway-internal endpoints live under this prefix and never reach the upstream.
 pub(crate) const INTERNAL_PREFIX: &str = "/.certgate/";
@@ -163,7 +164,7 @@ async fn process(
     let result = state.upstream.send(Request::from_parts(parts, body)).await;
     outcome.upstream = Some(upstream_started.elapsed());
     progress.set_awaiting_head(false);
-    let (mut parts, body) = result.map_err(|e| blame(e, &progress))?.into_parts();
+    let (mut parts, body) = result.map_err(|e| blame(e.into(), &progress))?.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers);
     if !is_http1 {
         headers::detach_values(&mut parts.headers);
@@ -176,7 +177,8 @@ async fn process(
 fn blame(err: GatewayError, progress: &Progress) -> GatewayError {
     if progress.request_body_failed() {
         GatewayError::BadRequestBody
-    } else if err == GatewayError::UpstreamTimeout && !progress.request_body_done() {
+    } else if err == GatewayError::Upstream(UpstreamError::Timeout) && !progress.request_body_done()
+    {
         GatewayError::RequestBodyTimeout
     } else {
         err

@@ -1,5 +1,6 @@
-//! Whether an exchange in progress still moves bytes
-//! (`listener.stream_idle_timeout`).
+//! One exchange in progress (a request and its response) as the gateway
+//! tracks it: whether it still moves bytes (`listener.stream_idle_timeout`),
+//! and how far the client's request body has come.
 //!
 //! An exchange is one request and its response: an HTTP/1.1 request on its
 //! connection, or one HTTP/2 stream. While it is open it holds an upstream
@@ -12,25 +13,22 @@
 //! after the whole request was sent is bounded by `upstream.timeout`
 //! instead, so a slow upstream is reported as one (504), not as a stall.
 //!
-//! Who ends it: on HTTP/1.1 the connection loop (the connection closes); on
-//! HTTP/2 the stream's own task, run by [`StreamExecutor`] (the stream is
-//! reset). Either way the upstream side is dropped with it, so a half-read
-//! upstream connection never goes back to the pool.
+//! Who ends it (the proxy): on HTTP/1.1 the connection loop closes the
+//! connection; on HTTP/2 the stream's own task resets the stream. Either
+//! way the upstream side is dropped with it, so a half-read upstream
+//! connection never goes back to the pool.
+//!
+//! The client's request body travels upstream as a [`RequestBody`], which
+//! reports its frames and its end here.
 
-use std::future::Future;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use crate::metrics::Metrics;
-
-tokio::task_local! {
-    /// The progress of the HTTP/2 stream whose task is running.
-    static STREAM: Arc<Progress>;
-}
+use bytes::Bytes;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
 
 /// The moment [`Progress`] counts its milliseconds from.
 fn epoch() -> Instant {
@@ -45,7 +43,7 @@ fn millis_since_epoch(at: Instant) -> u64 {
 /// What one exchange has done lately. Shared by its request body, its
 /// response body, the service and whoever watches the clock.
 #[derive(Debug)]
-pub(super) struct Progress {
+pub struct Progress {
     /// When a byte last moved, in milliseconds since [`epoch`].
     last: AtomicU64,
     /// The service is waiting for the upstream's response head.
@@ -59,15 +57,21 @@ pub(super) struct Progress {
 
 /// What the watcher of an exchange should do next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Watch {
+pub enum Watch {
     /// Look again at this instant.
     Until(Instant),
     /// Nothing has moved for `stream_idle_timeout`: end the exchange.
     Expired,
 }
 
+impl Default for Progress {
+    fn default() -> Progress {
+        Progress::new()
+    }
+}
+
 impl Progress {
-    pub(super) fn new() -> Progress {
+    pub fn new() -> Progress {
         Progress {
             last: AtomicU64::new(millis_since_epoch(Instant::now())),
             awaiting_head: AtomicBool::new(false),
@@ -76,13 +80,8 @@ impl Progress {
         }
     }
 
-    /// The progress of the HTTP/2 stream running on this task, if any.
-    pub(super) fn current_stream() -> Option<Arc<Progress>> {
-        STREAM.try_with(Arc::clone).ok()
-    }
-
     /// Starts over for the next request on an HTTP/1.1 connection.
-    pub(super) fn restart(&self) {
+    pub fn restart(&self) {
         self.touch();
         self.awaiting_head.store(false, Ordering::Relaxed);
         self.request_body_done.store(false, Ordering::Relaxed);
@@ -90,17 +89,17 @@ impl Progress {
     }
 
     /// Bytes moved.
-    pub(super) fn touch(&self) {
+    pub fn touch(&self) {
         self.last
             .store(millis_since_epoch(Instant::now()), Ordering::Relaxed);
     }
 
-    pub(super) fn set_awaiting_head(&self, awaiting: bool) {
+    pub fn set_awaiting_head(&self, awaiting: bool) {
         self.awaiting_head.store(awaiting, Ordering::Relaxed);
         self.touch();
     }
 
-    pub(super) fn request_body_ended(&self, failed: bool) {
+    pub fn request_body_ended(&self, failed: bool) {
         self.request_body_done.store(true, Ordering::Relaxed);
         if failed {
             self.request_body_failed.store(true, Ordering::Relaxed);
@@ -108,16 +107,16 @@ impl Progress {
         self.touch();
     }
 
-    pub(super) fn request_body_done(&self) -> bool {
+    pub fn request_body_done(&self) -> bool {
         self.request_body_done.load(Ordering::Relaxed)
     }
 
-    pub(super) fn request_body_failed(&self) -> bool {
+    pub fn request_body_failed(&self) -> bool {
         self.request_body_failed.load(Ordering::Relaxed)
     }
 
     /// Whether the exchange has stalled at `now`, or when to look again.
-    pub(super) fn watch(&self, idle: Duration, now: Instant) -> Watch {
+    pub fn watch(&self, idle: Duration, now: Instant) -> Watch {
         let waiting_for_upstream = self.awaiting_head.load(Ordering::Relaxed)
             && self.request_body_done.load(Ordering::Relaxed);
         if waiting_for_upstream {
@@ -134,74 +133,64 @@ impl Progress {
     }
 }
 
-/// Runs the tasks hyper spawns for HTTP/2 streams, each under its own
-/// stall clock: a stream that moves nothing for `stream_idle_timeout` is
-/// dropped, which resets it (h2 sends `RST_STREAM(CANCEL)` for a stream
-/// whose handles are gone) and drops its upstream exchange.
-#[derive(Clone)]
-pub(super) struct StreamExecutor {
-    pub(super) idle: Duration,
-    pub(super) peer: SocketAddr,
-    pub(super) metrics: Arc<Metrics>,
-}
-
-impl<F> hyper::rt::Executor<F> for StreamExecutor
-where
-    F: Future<Output = ()> + Send + 'static,
-{
-    fn execute(&self, stream: F) {
-        let progress = Arc::new(Progress::new());
-        let idle = self.idle;
-        tokio::spawn(Watched {
-            stream: Box::pin(STREAM.scope(progress.clone(), stream)),
-            timer: Box::pin(tokio::time::sleep(idle)),
-            progress,
-            executor: self.clone(),
-        });
-    }
-}
-
-struct Watched<F> {
-    stream: Pin<Box<F>>,
-    timer: Pin<Box<tokio::time::Sleep>>,
+/// A client's request body on its way upstream. It reports each frame as
+/// progress of its exchange, and its end: on HTTP/1 only then is hyper past
+/// the body, waiting for the next head. A body dropped unread says
+/// nothing; hyper then discards the rest or closes the connection.
+pub struct RequestBody {
+    inner: Incoming,
     progress: Arc<Progress>,
-    executor: StreamExecutor,
 }
 
-impl<F: Future<Output = ()>> Future for Watched<F> {
-    type Output = ();
+impl RequestBody {
+    /// `inner`, reporting into `progress`, which it marks done at once
+    /// when there is no body.
+    pub fn new(inner: Incoming, progress: Arc<Progress>) -> RequestBody {
+        if inner.is_end_stream() {
+            progress.request_body_ended(false);
+        }
+        RequestBody { inner, progress }
+    }
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        if self.stream.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(());
-        }
-        // The timer is only moved when it fires: progress is an atomic
-        // store, never a timer reset.
-        while self.timer.as_mut().poll(cx).is_ready() {
-            let now = Instant::now();
-            match self.progress.watch(self.executor.idle, now) {
-                Watch::Until(at) => self.timer.as_mut().reset(at.into()),
-                Watch::Expired => {
-                    stream_stalled(
-                        &self.executor.metrics,
-                        self.executor.peer,
-                        "resetting the stream",
-                    );
-                    return Poll::Ready(());
-                }
-            }
-        }
-        Poll::Pending
+    fn ended(&mut self, failed: bool) {
+        self.progress.request_body_ended(failed);
+    }
+
+    /// The exchange this body belongs to.
+    pub fn progress(&self) -> &Arc<Progress> {
+        &self.progress
     }
 }
 
-/// Counts and logs an exchange ended by `stream_idle_timeout`.
-pub(super) fn stream_stalled(metrics: &Metrics, peer: SocketAddr, action: &str) {
-    metrics.stream_idle_timeouts.inc();
-    tracing::info!(
-        %peer,
-        "request or response moved no byte for listener.stream_idle_timeout; {action}"
-    );
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        let frame = std::task::ready!(Pin::new(&mut this.inner).poll_frame(cx));
+        this.progress.touch();
+        // hyper marks its side done before handing out the last data frame
+        // of a sized body, or before the trailers or end of a chunked one.
+        match &frame {
+            Some(Err(_)) => this.ended(true),
+            None => this.ended(false),
+            Some(Ok(_)) if this.inner.is_end_stream() => this.ended(false),
+            Some(Ok(_)) => {}
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 #[cfg(test)]

@@ -1,6 +1,6 @@
 //! The pooled HTTP client to the one upstream (http or https, with its own
 //! CA and optional client certificate), and the classification of its
-//! failures into 502/504.
+//! failures ([`UpstreamError`]; the proxy answers them with 502/504).
 
 use std::time::Duration;
 
@@ -12,12 +12,40 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-use super::{GatewayError, RequestBody};
 use crate::config::UpstreamConfig;
+use crate::exchange::RequestBody;
 use crate::tls::load::{self, LoadError};
 
 /// Idle pooled upstream connections are closed after this long.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// Why an upstream exchange failed; also the `kind` label of
+/// `certgate_upstream_errors_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("upstream unreachable")]
+    Connect,
+    #[error("upstream did not answer within upstream.timeout")]
+    Timeout,
+    #[error("upstream broke the exchange")]
+    Protocol,
+}
+
+impl UpstreamError {
+    pub const ALL: [UpstreamError; 3] = [
+        UpstreamError::Connect,
+        UpstreamError::Timeout,
+        UpstreamError::Protocol,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            UpstreamError::Connect => "connect",
+            UpstreamError::Timeout => "timeout",
+            UpstreamError::Protocol => "protocol",
+        }
+    }
+}
 
 pub struct Upstream {
     client: Client<HttpsConnector<HttpConnector>, RequestBody>,
@@ -69,17 +97,17 @@ impl Upstream {
     pub async fn send(
         &self,
         req: Request<RequestBody>,
-    ) -> Result<Response<Incoming>, GatewayError> {
+    ) -> Result<Response<Incoming>, UpstreamError> {
         match tokio::time::timeout(self.timeout, self.client.request(req)).await {
-            Err(_) => Err(GatewayError::UpstreamTimeout),
+            Err(_) => Err(UpstreamError::Timeout),
             Ok(Ok(resp)) => Ok(resp),
             Ok(Err(e)) if e.is_connect() => {
                 tracing::debug!(error = %e, "upstream connect failed");
-                Err(GatewayError::UpstreamConnect)
+                Err(UpstreamError::Connect)
             }
             Ok(Err(e)) => {
                 tracing::debug!(error = %e, "upstream exchange failed");
-                Err(GatewayError::UpstreamProtocol)
+                Err(UpstreamError::Protocol)
             }
         }
     }
