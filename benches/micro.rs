@@ -43,7 +43,7 @@ fn client_spec(key: KeyKind) -> LeafSpec {
 fn identity_extraction(c: &mut Criterion) {
     let leaf = TestCa::root("bench CA").issue(&client_spec(KeyKind::P256));
     c.bench_function("identity/from_der", |b| {
-        b.iter(|| Identity::from_der(std::hint::black_box(&leaf.der)).expect("identity"))
+        b.iter(|| Identity::from_der(std::hint::black_box(&leaf.der)).expect("identity"));
     });
 }
 
@@ -78,7 +78,7 @@ fn role_mapping(c: &mut Criterion) {
             "the last rule must match"
         );
         group.bench_with_input(BenchmarkId::from_parameter(n), &mapper, |b, mapper| {
-            b.iter(|| mapper.roles_for(std::hint::black_box(&id)))
+            b.iter(|| mapper.roles_for(std::hint::black_box(&id)));
         });
     }
     group.finish();
@@ -117,7 +117,7 @@ fn authorization(c: &mut Criterion) {
                 let p = normalize_path(std::hint::black_box(path), PathParameters::Reject)
                     .expect("normalizes");
                 authz.authorize(&p.path, "GET", &roles)
-            })
+            });
         });
     }
     group.finish();
@@ -249,7 +249,7 @@ fn mtls_handshake(c: &mut Criterion) {
                 (0..iters)
                     .map(|_| server_handshake_time(&server, &client))
                     .sum()
-            })
+            });
         });
     }
     group.finish();

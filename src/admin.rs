@@ -41,7 +41,7 @@ pub async fn serve(listener: TcpListener, gw: Arc<Gateway>, credentials: Arc<Cre
             Ok(a) => a,
             Err(e) => {
                 tracing::warn!(error = %e, "admin accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
         };

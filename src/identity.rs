@@ -150,7 +150,7 @@ fn attribute_text(attr: &AttributeTypeAndValue<'_>) -> String {
         return s.to_owned();
     }
     let value = attr.attr_value();
-    if value.tag() == x509_parser::der_parser::asn1_rs::Tag::BmpString {
+    if value.tag() == asn1_rs::Tag::BmpString {
         let units: Vec<u16> = value
             .data
             .chunks_exact(2)

@@ -235,7 +235,7 @@ impl WatchSet {
                     armed.insert(dir.clone());
                 }
                 Err(e) => {
-                    tracing::warn!(dir = %dir.display(), error = %e, "cannot watch directory; relying on SIGHUP and polling for it")
+                    tracing::warn!(dir = %dir.display(), error = %e, "cannot watch directory; relying on SIGHUP and polling for it");
                 }
             }
         }

@@ -117,7 +117,7 @@ impl State {
                     problems.push(LoadError::new(
                         first_or_config(&files, &config.path),
                         reason,
-                    ))
+                    ));
                 })
                 .ok()
         };
@@ -188,7 +188,7 @@ fn load_server_cert(
             file,
             password_file,
         } => {
-            let (chain, key) = crate::tls::pkcs12::load_keystore(file, password_file)?;
+            let (chain, key) = tls::pkcs12::load_keystore(file, password_file)?;
             (chain, key, file.clone(), file.clone())
         }
     };

@@ -120,7 +120,7 @@ fn check_refuses_invalid_configs_naming_the_file_and_reason() {
             |s| {
                 s.listener = Some(
                     "[listener]\naddress = \"127.0.0.1:0\"\nhandshake_timout = \"10s\"\n".into(),
-                )
+                );
             },
             &["certgate.toml", "handshake_timout"],
         ),
@@ -162,7 +162,7 @@ fn check_refuses_invalid_configs_naming_the_file_and_reason() {
             |s| {
                 s.listener = Some(
                     "[listener]\naddress = \"127.0.0.1:0\"\nidle_timeout = \"10 parsecs\"\n".into(),
-                )
+                );
             },
             &["certgate.toml", "listener.idle_timeout", "10 parsecs"],
         ),

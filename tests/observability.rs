@@ -397,7 +397,7 @@ async fn logs_carry_access_refusal_and_audit_fields_but_no_key_material() {
         v["request_id"] == request_id.as_str()
     });
     let expect = |field: &str, value: Value| {
-        assert_eq!(access[field], value, "access log field {field}: {access}")
+        assert_eq!(access[field], value, "access log field {field}: {access}");
     };
     expect("message", "request".into());
     expect("target", "certgate::access".into());

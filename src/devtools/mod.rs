@@ -136,7 +136,7 @@ pub fn echo(listen: SocketAddr) -> ExitCode {
         return ExitCode::from(EXIT_RUNTIME);
     };
     rt.block_on(async move {
-        match self::echo::bind(listen).await {
+        match echo::bind(listen).await {
             Ok((addr, server)) => {
                 println!("echo upstream listening on http://{addr}");
                 server.await;

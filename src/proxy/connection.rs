@@ -362,10 +362,10 @@ fn log_expiry(peer: SocketAddr, expiry: Expiry) {
             "request head not received within listener.header_timeout; closing"
         ),
         Expiry::Idle => {
-            tracing::debug!(%peer, "connection idle for listener.idle_timeout; closing")
+            tracing::debug!(%peer, "connection idle for listener.idle_timeout; closing");
         }
         Expiry::Abandon => {
-            tracing::debug!(%peer, "connection did not close when asked; dropping it")
+            tracing::debug!(%peer, "connection did not close when asked; dropping it");
         }
         // Counted and logged by `stream_stalled`.
         Expiry::StreamIdle => {}
