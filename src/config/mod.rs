@@ -461,17 +461,11 @@ impl Validator<'_> {
     }
 
     fn toggle(&mut self, at: &str, value: &str) -> Toggle {
-        match value {
-            "allow" => Toggle::Allow,
-            "deny" => Toggle::Deny,
-            other => {
-                self.problem(
-                    at,
-                    format!("must be \"allow\" or \"deny\", got \"{other}\""),
-                );
-                Toggle::Deny
-            }
-        }
+        self.choice(
+            at,
+            value,
+            &[("deny", Toggle::Deny), ("allow", Toggle::Allow)],
+        )
     }
 
     fn cert_source(
@@ -515,218 +509,253 @@ impl Validator<'_> {
     }
 }
 
+/// One method per config section: each turns its raw section into the
+/// typed one, recording problems and standing in a safe value for each.
+impl Validator<'_> {
+    fn listener(&mut self, l: raw::RawListener) -> ListenerConfig {
+        ListenerConfig {
+            address: self.addr("listener.address", &l.address),
+            handshake_timeout: self.duration("listener.handshake_timeout", &l.handshake_timeout),
+            idle_timeout: self.duration("listener.idle_timeout", &l.idle_timeout),
+            header_timeout: self.duration("listener.header_timeout", &l.header_timeout),
+            max_connections: self.positive(
+                "listener.max_connections",
+                l.max_connections,
+                1_000_000,
+            ),
+            max_header_bytes: self.positive(
+                "listener.max_header_bytes",
+                l.max_header_bytes,
+                1 << 20,
+            ),
+            min_tls_version: self.choice(
+                "listener.min_tls_version",
+                &l.min_tls_version,
+                &[("1.3", TlsVersion::V1_3), ("1.2", TlsVersion::V1_2)],
+            ),
+            shutdown_timeout: self.duration("listener.shutdown_timeout", &l.shutdown_timeout),
+            path_parameters: self.choice(
+                "listener.path_parameters",
+                &l.path_parameters,
+                &[
+                    ("reject", PathParameters::Reject),
+                    ("allow", PathParameters::Allow),
+                ],
+            ),
+            underscore_headers: self.choice(
+                "listener.underscore_headers",
+                &l.underscore_headers,
+                &[
+                    ("drop", UnderscoreHeaders::Drop),
+                    ("keep", UnderscoreHeaders::Keep),
+                ],
+            ),
+            stream_idle_timeout: self
+                .duration("listener.stream_idle_timeout", &l.stream_idle_timeout),
+        }
+    }
+
+    fn server_tls(&mut self, t: raw::RawServerTls) -> ServerTlsConfig {
+        let default = self.cert_source(
+            "server_tls",
+            t.cert,
+            t.key,
+            t.pkcs12,
+            t.pkcs12_password_file,
+        );
+        let mut sni = Vec::new();
+        for (i, s) in t.sni.into_iter().enumerate() {
+            let at = format!("server_tls.sni[{i}]");
+            let name = s.server_name.trim().to_ascii_lowercase();
+            if !valid_sni_pattern(&name) {
+                self.problem(
+                    format!("{at}.server_name"),
+                    format!("`{}` is not a DNS name or `*.` wildcard", s.server_name),
+                );
+            }
+            if sni.iter().any(|e: &SniCert| e.server_name == name) {
+                self.problem(
+                    format!("{at}.server_name"),
+                    format!("`{name}` is listed twice"),
+                );
+            }
+            let source = self.cert_source(&at, s.cert, s.key, s.pkcs12, s.pkcs12_password_file);
+            sni.push(SniCert {
+                server_name: name,
+                source,
+            });
+        }
+
+        ServerTlsConfig { default, sni }
+    }
+
+    fn client_auth(&mut self, c: raw::RawClientAuth) -> ClientAuthConfig {
+        if c.trusted_cas.is_empty() {
+            self.problem(
+                "client_auth.trusted_cas",
+                "at least one CA file or directory is required: client certificates are always verified",
+            );
+        }
+        ClientAuthConfig {
+            trusted_cas: c
+                .trusted_cas
+                .iter()
+                .map(|p| self.path("client_auth.trusted_cas", p))
+                .collect(),
+            trusted_cas_password_file: c
+                .trusted_cas_password_file
+                .map(|p| self.path("client_auth.trusted_cas_password_file", &p)),
+            crls: c
+                .crls
+                .iter()
+                .map(|p| self.path("client_auth.crls", p))
+                .collect(),
+            unknown_revocation: self
+                .toggle("client_auth.unknown_revocation", &c.unknown_revocation),
+            crl_scope: self.choice(
+                "client_auth.crl_scope",
+                &c.crl_scope,
+                &[
+                    ("chain", CrlScope::Chain),
+                    ("end_entity", CrlScope::EndEntity),
+                ],
+            ),
+            expired_crl: self.toggle("client_auth.expired_crl", &c.expired_crl),
+        }
+    }
+
+    fn upstream(&mut self, u: raw::RawUpstream) -> UpstreamConfig {
+        let url = match u.url.parse::<http::Uri>() {
+            Ok(url) => {
+                let scheme_ok = matches!(url.scheme_str(), Some("http") | Some("https"));
+                let path_ok = matches!(url.path(), "" | "/") && url.query().is_none();
+                if !scheme_ok || url.authority().is_none() {
+                    self.problem(
+                        "upstream.url",
+                        format!(
+                            "`{}` must be http://host[:port] or https://host[:port]",
+                            u.url
+                        ),
+                    );
+                } else if !path_ok {
+                    self.problem(
+                        "upstream.url",
+                        format!(
+                            "`{}` must not have a path or query: requests keep their own path",
+                            u.url
+                        ),
+                    );
+                }
+                url
+            }
+            Err(e) => {
+                self.problem("upstream.url", format!("`{}`: {e}", u.url));
+                http::Uri::from_static("http://127.0.0.1")
+            }
+        };
+        let upstream = UpstreamConfig {
+            connect_timeout: self.duration("upstream.connect_timeout", &u.connect_timeout),
+            timeout: self.duration("upstream.timeout", &u.timeout),
+            ca: u.ca.map(|p| self.path("upstream.ca", &p)),
+            client_cert: u.client_cert.map(|p| self.path("upstream.client_cert", &p)),
+            client_key: u.client_key.map(|p| self.path("upstream.client_key", &p)),
+            url,
+        };
+        if upstream.client_cert.is_some() != upstream.client_key.is_some() {
+            self.problem("upstream", "client_cert and client_key go together");
+        }
+        let tls_only = upstream.ca.is_some() || upstream.client_cert.is_some();
+        if tls_only && !upstream.is_https() {
+            self.problem(
+                "upstream",
+                "ca, client_cert and client_key need an https:// url",
+            );
+        }
+        upstream
+    }
+
+    fn roles(&mut self, r: raw::RawRoles) -> RolesConfig {
+        for (i, role) in r.default.iter().chain(&r.audit).enumerate() {
+            if !valid_role(role) {
+                self.problem(
+                    "roles",
+                    format!(
+                        "role #{i} `{role}` must be 1-128 visible ASCII characters without commas"
+                    ),
+                );
+            }
+        }
+        let mut map = Vec::new();
+        for (i, rule) in r.map.into_iter().enumerate() {
+            match RoleRule::from_raw(rule) {
+                Ok(rule) => map.push(rule),
+                Err(e) => self.problem(format!("roles.map[{i}]"), e),
+            }
+        }
+        RolesConfig {
+            default: r.default,
+            audit: r.audit,
+            map,
+        }
+    }
+
+    fn authorization(&mut self, a: raw::RawAuthorization) -> AuthorizationConfig {
+        let default_policy = self.choice(
+            "authorization.default",
+            &a.default,
+            &[
+                ("deny", AuthzDefault::Deny),
+                ("authenticated", AuthzDefault::Authenticated),
+            ],
+        );
+        let mut rules = Vec::new();
+        for (i, route) in a.rule.into_iter().enumerate() {
+            match Route::new(&route.path, route.methods, route.roles) {
+                Ok(r) => rules.push(r),
+                Err(e) => self.problem(format!("authorization.rule[{i}]"), e),
+            }
+        }
+        AuthorizationConfig {
+            default: default_policy,
+            rules,
+        }
+    }
+
+    fn log(&mut self, l: raw::RawLog) -> LogConfig {
+        let log = LogConfig {
+            level: l.level.clone(),
+            format: self.choice(
+                "log.format",
+                &l.format,
+                &[("json", LogFormat::Json), ("text", LogFormat::Text)],
+            ),
+            access_log: l.access_log,
+        };
+        if tracing_subscriber::EnvFilter::try_new(&log.level).is_err() {
+            self.problem(
+                "log.level",
+                format!("`{}` is not a log level or filter", log.level),
+            );
+        }
+        log
+    }
+}
+
 fn validate(path: &Path, raw: RawConfig) -> Result<Config, ConfigError> {
-    let dir = path.parent().unwrap_or(Path::new("/"));
     let mut v = Validator {
-        dir,
+        dir: path.parent().unwrap_or(Path::new("/")),
         problems: Vec::new(),
     };
-
-    let l = raw.listener;
-    let listener = ListenerConfig {
-        address: v.addr("listener.address", &l.address),
-        handshake_timeout: v.duration("listener.handshake_timeout", &l.handshake_timeout),
-        idle_timeout: v.duration("listener.idle_timeout", &l.idle_timeout),
-        header_timeout: v.duration("listener.header_timeout", &l.header_timeout),
-        max_connections: v.positive("listener.max_connections", l.max_connections, 1_000_000),
-        max_header_bytes: v.positive("listener.max_header_bytes", l.max_header_bytes, 1 << 20),
-        min_tls_version: match l.min_tls_version.as_str() {
-            "1.2" => TlsVersion::V1_2,
-            "1.3" => TlsVersion::V1_3,
-            other => {
-                v.problem(
-                    "listener.min_tls_version",
-                    format!("must be \"1.2\" or \"1.3\", got \"{other}\""),
-                );
-                TlsVersion::V1_3
-            }
-        },
-        shutdown_timeout: v.duration("listener.shutdown_timeout", &l.shutdown_timeout),
-        path_parameters: v.choice(
-            "listener.path_parameters",
-            &l.path_parameters,
-            &[
-                ("reject", PathParameters::Reject),
-                ("allow", PathParameters::Allow),
-            ],
-        ),
-        underscore_headers: v.choice(
-            "listener.underscore_headers",
-            &l.underscore_headers,
-            &[
-                ("drop", UnderscoreHeaders::Drop),
-                ("keep", UnderscoreHeaders::Keep),
-            ],
-        ),
-        stream_idle_timeout: v.duration("listener.stream_idle_timeout", &l.stream_idle_timeout),
-    };
-
-    let t = raw.server_tls;
-    let default = v.cert_source(
-        "server_tls",
-        t.cert,
-        t.key,
-        t.pkcs12,
-        t.pkcs12_password_file,
-    );
-    let mut sni = Vec::new();
-    for (i, s) in t.sni.into_iter().enumerate() {
-        let at = format!("server_tls.sni[{i}]");
-        let name = s.server_name.trim().to_ascii_lowercase();
-        if !valid_sni_pattern(&name) {
-            v.problem(
-                format!("{at}.server_name"),
-                format!("`{}` is not a DNS name or `*.` wildcard", s.server_name),
-            );
-        }
-        if sni.iter().any(|e: &SniCert| e.server_name == name) {
-            v.problem(
-                format!("{at}.server_name"),
-                format!("`{name}` is listed twice"),
-            );
-        }
-        let source = v.cert_source(&at, s.cert, s.key, s.pkcs12, s.pkcs12_password_file);
-        sni.push(SniCert {
-            server_name: name,
-            source,
-        });
-    }
-
-    let c = raw.client_auth;
-    if c.trusted_cas.is_empty() {
-        v.problem(
-            "client_auth.trusted_cas",
-            "at least one CA file or directory is required: client certificates are always verified",
-        );
-    }
-    let client_auth = ClientAuthConfig {
-        trusted_cas: c
-            .trusted_cas
-            .iter()
-            .map(|p| v.path("client_auth.trusted_cas", p))
-            .collect(),
-        trusted_cas_password_file: c
-            .trusted_cas_password_file
-            .map(|p| v.path("client_auth.trusted_cas_password_file", &p)),
-        crls: c
-            .crls
-            .iter()
-            .map(|p| v.path("client_auth.crls", p))
-            .collect(),
-        unknown_revocation: v.toggle("client_auth.unknown_revocation", &c.unknown_revocation),
-        crl_scope: match c.crl_scope.as_str() {
-            "chain" => CrlScope::Chain,
-            "end_entity" => CrlScope::EndEntity,
-            other => {
-                v.problem(
-                    "client_auth.crl_scope",
-                    format!("must be \"chain\" or \"end_entity\", got \"{other}\""),
-                );
-                CrlScope::Chain
-            }
-        },
-        expired_crl: v.toggle("client_auth.expired_crl", &c.expired_crl),
-    };
-
-    let u = raw.upstream;
-    let url = match u.url.parse::<http::Uri>() {
-        Ok(url) => {
-            let scheme_ok = matches!(url.scheme_str(), Some("http") | Some("https"));
-            let path_ok = matches!(url.path(), "" | "/") && url.query().is_none();
-            if !scheme_ok || url.authority().is_none() {
-                v.problem(
-                    "upstream.url",
-                    format!(
-                        "`{}` must be http://host[:port] or https://host[:port]",
-                        u.url
-                    ),
-                );
-            } else if !path_ok {
-                v.problem(
-                    "upstream.url",
-                    format!(
-                        "`{}` must not have a path or query: requests keep their own path",
-                        u.url
-                    ),
-                );
-            }
-            url
-        }
-        Err(e) => {
-            v.problem("upstream.url", format!("`{}`: {e}", u.url));
-            http::Uri::from_static("http://127.0.0.1")
-        }
-    };
-    let upstream = UpstreamConfig {
-        connect_timeout: v.duration("upstream.connect_timeout", &u.connect_timeout),
-        timeout: v.duration("upstream.timeout", &u.timeout),
-        ca: u.ca.map(|p| v.path("upstream.ca", &p)),
-        client_cert: u.client_cert.map(|p| v.path("upstream.client_cert", &p)),
-        client_key: u.client_key.map(|p| v.path("upstream.client_key", &p)),
-        url,
-    };
-    if upstream.client_cert.is_some() != upstream.client_key.is_some() {
-        v.problem("upstream", "client_cert and client_key go together");
-    }
-    let tls_only = upstream.ca.is_some() || upstream.client_cert.is_some();
-    if tls_only && !upstream.is_https() {
-        v.problem(
-            "upstream",
-            "ca, client_cert and client_key need an https:// url",
-        );
-    }
-
+    let listener = v.listener(raw.listener);
+    let server_tls = v.server_tls(raw.server_tls);
+    let client_auth = v.client_auth(raw.client_auth);
+    let upstream = v.upstream(raw.upstream);
     let identity = IdentityConfig {
         forward_cert: raw.identity.forward_cert,
         xfcc: raw.identity.xfcc,
     };
-
-    let r = raw.roles;
-    for (i, role) in r.default.iter().chain(&r.audit).enumerate() {
-        if !valid_role(role) {
-            v.problem(
-                "roles",
-                format!("role #{i} `{role}` must be 1-128 visible ASCII characters without commas"),
-            );
-        }
-    }
-    let mut map = Vec::new();
-    for (i, rule) in r.map.into_iter().enumerate() {
-        match RoleRule::from_raw(rule) {
-            Ok(rule) => map.push(rule),
-            Err(e) => v.problem(format!("roles.map[{i}]"), e),
-        }
-    }
-    let roles = RolesConfig {
-        default: r.default,
-        audit: r.audit,
-        map,
-    };
-
-    let a = raw.authorization;
-    let default_policy = match a.default.as_str() {
-        "deny" => AuthzDefault::Deny,
-        "authenticated" => AuthzDefault::Authenticated,
-        other => {
-            v.problem(
-                "authorization.default",
-                format!("must be \"deny\" or \"authenticated\", got \"{other}\""),
-            );
-            AuthzDefault::Deny
-        }
-    };
-    let mut rules = Vec::new();
-    for (i, route) in a.rule.into_iter().enumerate() {
-        match Route::new(&route.path, route.methods, route.roles) {
-            Ok(r) => rules.push(r),
-            Err(e) => v.problem(format!("authorization.rule[{i}]"), e),
-        }
-    }
-    let authorization = AuthorizationConfig {
-        default: default_policy,
-        rules,
-    };
-
+    let roles = v.roles(raw.roles);
+    let authorization = v.authorization(raw.authorization);
     let admin = AdminConfig {
         address: if raw.admin.address.trim().is_empty() {
             None
@@ -739,27 +768,7 @@ fn validate(path: &Path, raw: RawConfig) -> Result<Config, ConfigError> {
         debounce: v.duration("reload.debounce", &raw.reload.debounce),
         poll_interval: v.duration("reload.poll_interval", &raw.reload.poll_interval),
     };
-    let log = LogConfig {
-        level: raw.log.level.clone(),
-        format: match raw.log.format.as_str() {
-            "json" => LogFormat::Json,
-            "text" => LogFormat::Text,
-            other => {
-                v.problem(
-                    "log.format",
-                    format!("must be \"json\" or \"text\", got \"{other}\""),
-                );
-                LogFormat::Json
-            }
-        },
-        access_log: raw.log.access_log,
-    };
-    if tracing_subscriber::EnvFilter::try_new(&log.level).is_err() {
-        v.problem(
-            "log.level",
-            format!("`{}` is not a log level or filter", log.level),
-        );
-    }
+    let log = v.log(raw.log);
 
     if !v.problems.is_empty() {
         return Err(ConfigError {
@@ -770,7 +779,7 @@ fn validate(path: &Path, raw: RawConfig) -> Result<Config, ConfigError> {
     Ok(Config {
         path: path.to_path_buf(),
         listener,
-        server_tls: ServerTlsConfig { default, sni },
+        server_tls,
         client_auth,
         upstream,
         identity,
