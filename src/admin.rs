@@ -94,7 +94,7 @@ fn status(gw: &Gateway, credentials: &Credentials) -> Response<Full<Bytes>> {
         "generation": state.generation,
         "draining": gw.is_draining(),
         "upstream": state.config.upstream.url.to_string(),
-        "connections_active": gw.metrics.connections_active.get(),
+        "connections_active": gw.metrics.connections.active.get(),
         // Distinct client certificate chains behind those connections.
         "client_certificates_active": credentials.active(),
         "loaded_at": crate::identity::rfc3339(state.loaded_at_unix),

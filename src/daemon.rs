@@ -179,13 +179,13 @@ async fn drain(
                 0
             }
             Err(_) => {
-                let open = gw.metrics.connections_active.get();
+                let open = gw.metrics.connections.active.get();
                 tracing::error!(open_connections = open, ?timeout, "connections still open after listener.shutdown_timeout; closing them");
                 EXIT_RUNTIME
             }
         },
         signal = shutdown.recv() => {
-            let open = gw.metrics.connections_active.get();
+            let open = gw.metrics.connections.active.get();
             tracing::warn!(signal, open_connections = open, "second signal during the drain; closing the remaining connections now");
             EXIT_RUNTIME
         }

@@ -14,24 +14,15 @@ use crate::state::State;
 use crate::tls::{CertInfo, CrlInfo, HandshakeFailure};
 use crate::upstream::UpstreamError;
 
+/// Every metric of one gateway, grouped by what it describes. Each group
+/// registers its own metrics in its constructor.
 pub struct Metrics {
     registry: Registry,
-    pub connections_active: IntGauge,
-    pub connections_total: IntCounter,
-    handshakes: IntCounterVec,
-    pub handshake_duration: Histogram,
-    requests: IntCounterVec,
-    pub request_duration: Histogram,
-    pub authz_denied: IntCounter,
-    pub stream_idle_timeouts: IntCounter,
-    role_grants: IntCounterVec,
-    upstream_errors: IntCounterVec,
-    reloads: IntCounterVec,
-    pub config_generation: IntGauge,
-    pub last_reload_success: IntGauge,
-    last_reload_successful: IntGauge,
-    cert_expiry: IntGaugeVec,
-    crl_next_update: IntGaugeVec,
+    pub connections: ConnectionMetrics,
+    pub handshakes: HandshakeMetrics,
+    pub requests: RequestMetrics,
+    pub reloads: ReloadMetrics,
+    pub expiry: ExpiryMetrics,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -47,168 +38,207 @@ fn register<T: prometheus::core::Collector + Clone + 'static>(registry: &Registr
     c
 }
 
+fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
+    register(r, IntCounter::new(name, help).expect("valid metric"))
+}
+
+fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    register(
+        r,
+        IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"),
+    )
+}
+
+fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
+    register(r, IntGauge::new(name, help).expect("valid metric"))
+}
+
+fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    register(
+        r,
+        IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric"),
+    )
+}
+
+/// Latency buckets from 0.5 ms to 10 s.
+fn latency_histogram(r: &Registry, name: &str, help: &str) -> Histogram {
+    let buckets = vec![
+        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    ];
+    register(
+        r,
+        Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
+            .expect("valid metric"),
+    )
+}
+
 impl Metrics {
     pub fn new() -> Arc<Metrics> {
         let r = Registry::new();
-        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
-            register(
-                &r,
-                IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"),
-            )
-        };
-        let gauge =
-            |name: &str, help: &str| register(&r, IntGauge::new(name, help).expect("valid metric"));
-        let gauge_vec = |name: &str, help: &str, labels: &[&str]| {
-            register(
-                &r,
-                IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric"),
-            )
-        };
-        let histogram = |name: &str, help: &str, buckets: Vec<f64>| {
-            register(
-                &r,
-                Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
-                    .expect("valid metric"),
-            )
-        };
-        let fast_buckets = vec![
-            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-        ];
-
-        let build_info = gauge_vec(
+        gauge_vec(
+            &r,
             "certgate_build_info",
             "Always 1; the version label says which certgate is running.",
             &["version"],
-        );
-        build_info
-            .with_label_values(&[env!("CARGO_PKG_VERSION")])
-            .set(1);
-
+        )
+        .with_label_values(&[env!("CARGO_PKG_VERSION")])
+        .set(1);
         // process_resident_memory_bytes, process_open_fds, process_cpu_seconds_total...:
         // what an operator checks first when connections pile up.
         r.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
         ))
         .expect("process metrics register once");
+        Arc::new(Metrics {
+            connections: ConnectionMetrics::register(&r),
+            handshakes: HandshakeMetrics::register(&r),
+            requests: RequestMetrics::register(&r),
+            reloads: ReloadMetrics::register(&r),
+            expiry: ExpiryMetrics::register(&r),
+            registry: r,
+        })
+    }
 
-        let m = Metrics {
-            connections_active: gauge(
+    /// Publishes the gauges that describe a newly installed state.
+    pub fn state_installed(&self, state: &State) {
+        self.reloads.installed(state);
+        self.expiry.publish(&state.certs, &state.crls);
+        // Roles only appear as labels once configured (bounded cardinality).
+        for role in state.roles.known_roles() {
+            self.requests.role_grants.with_label_values(&[role]);
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .expect("text encoding into a Vec cannot fail");
+        String::from_utf8(buf).expect("the text format is UTF-8")
+    }
+}
+
+// Every label value is created in the constructors, so rate() and alerts
+// see a zero before the first event rather than a missing series.
+
+/// Client connections on the mTLS listener.
+pub struct ConnectionMetrics {
+    pub active: IntGauge,
+    pub total: IntCounter,
+}
+
+impl ConnectionMetrics {
+    fn register(r: &Registry) -> ConnectionMetrics {
+        ConnectionMetrics {
+            active: gauge(
+                r,
                 "certgate_connections_active",
                 "Client TCP connections currently open on the mTLS listener.",
             ),
-            connections_total: register(
-                &r,
-                IntCounter::new(
-                    "certgate_connections_total",
-                    "Client TCP connections accepted on the mTLS listener.",
-                )
-                .expect("valid metric"),
+            total: counter(
+                r,
+                "certgate_connections_total",
+                "Client TCP connections accepted on the mTLS listener.",
             ),
-            handshakes: counter_vec(
-                "certgate_tls_handshakes_total",
-                "TLS handshakes by result: ok, or the reason the client was refused.",
-                &["result"],
-            ),
-            handshake_duration: histogram(
+        }
+    }
+}
+
+/// TLS handshakes by result.
+pub struct HandshakeMetrics {
+    results: IntCounterVec,
+    duration: Histogram,
+}
+
+impl HandshakeMetrics {
+    fn register(r: &Registry) -> HandshakeMetrics {
+        let results = counter_vec(
+            r,
+            "certgate_tls_handshakes_total",
+            "TLS handshakes by result: ok, or the reason the client was refused.",
+            &["result"],
+        );
+        results.with_label_values(&["ok"]);
+        for f in HandshakeFailure::ALL {
+            results.with_label_values(&[f.label()]);
+        }
+        HandshakeMetrics {
+            results,
+            duration: latency_histogram(
+                r,
                 "certgate_tls_handshake_duration_seconds",
                 "Time from TCP accept to a completed TLS handshake.",
-                fast_buckets.clone(),
             ),
-            requests: counter_vec(
+        }
+    }
+
+    pub fn ok(&self, seconds: f64) {
+        self.results.with_label_values(&["ok"]).inc();
+        self.duration.observe(seconds);
+    }
+
+    pub fn failed(&self, reason: HandshakeFailure) {
+        self.results.with_label_values(&[reason.label()]).inc();
+    }
+}
+
+/// Requests on the mTLS listener and what became of them.
+pub struct RequestMetrics {
+    by_code: IntCounterVec,
+    duration: Histogram,
+    pub authz_denied: IntCounter,
+    pub stream_idle_timeouts: IntCounter,
+    role_grants: IntCounterVec,
+    upstream_errors: IntCounterVec,
+}
+
+impl RequestMetrics {
+    fn register(r: &Registry) -> RequestMetrics {
+        let upstream_errors = counter_vec(
+            r,
+            "certgate_upstream_errors_total",
+            "Failed upstream exchanges by kind: connect, timeout, protocol.",
+            &["kind"],
+        );
+        for kind in UpstreamError::ALL {
+            upstream_errors.with_label_values(&[kind.label()]);
+        }
+        RequestMetrics {
+            by_code: counter_vec(
+                r,
                 "certgate_requests_total",
                 "HTTP requests answered on the mTLS listener, by status code.",
                 &["code"],
             ),
-            request_duration: histogram(
+            duration: latency_histogram(
+                r,
                 "certgate_request_duration_seconds",
                 "Time from request head received to response head sent.",
-                fast_buckets,
             ),
-            authz_denied: register(
-                &r,
-                IntCounter::new(
-                    "certgate_authz_denied_total",
-                    "Requests refused with 403 by the authorization rules.",
-                )
-                .expect("valid metric"),
+            authz_denied: counter(
+                r,
+                "certgate_authz_denied_total",
+                "Requests refused with 403 by the authorization rules.",
             ),
-            stream_idle_timeouts: register(
-                &r,
-                IntCounter::new(
-                    "certgate_stream_idle_timeouts_total",
-                    "Exchanges (HTTP/1.1 requests, HTTP/2 streams) ended because no byte moved for listener.stream_idle_timeout.",
-                )
-                .expect("valid metric"),
+            stream_idle_timeouts: counter(
+                r,
+                "certgate_stream_idle_timeouts_total",
+                "Exchanges (HTTP/1.1 requests, HTTP/2 streams) ended because no byte moved for listener.stream_idle_timeout.",
             ),
             role_grants: counter_vec(
+                r,
                 "certgate_role_grants_total",
                 "Roles granted to verified clients, once per connection and configuration generation.",
                 &["role"],
             ),
-            upstream_errors: counter_vec(
-                "certgate_upstream_errors_total",
-                "Failed upstream exchanges by kind: connect, timeout, protocol.",
-                &["kind"],
-            ),
-            reloads: counter_vec(
-                "certgate_reloads_total",
-                "Configuration and certificate reloads by result.",
-                &["result"],
-            ),
-            config_generation: gauge(
-                "certgate_config_generation",
-                "Generation number of the state now serving; 1 at start, +1 per successful reload.",
-            ),
-            last_reload_success: gauge(
-                "certgate_config_last_reload_success_timestamp_seconds",
-                "Unix time of the last successful load of the state.",
-            ),
-            last_reload_successful: gauge(
-                "certgate_config_last_reload_successful",
-                "1 if the last load of the configuration and its files succeeded, 0 if it failed (the previous state keeps serving).",
-            ),
-            cert_expiry: gauge_vec(
-                "certgate_certificate_expiry_timestamp_seconds",
-                "notAfter of each loaded server certificate and trusted client CA, as Unix time.",
-                &["kind", "subject"],
-            ),
-            crl_next_update: gauge_vec(
-                "certgate_crl_next_update_timestamp_seconds",
-                "nextUpdate of each loaded CRL, as Unix time.",
-                &["issuer"],
-            ),
-            registry: r,
-        };
-        // Every label value is present from the start, so rate() and alerts
-        // see a zero before the first event rather than a missing series.
-        m.handshakes.with_label_values(&["ok"]);
-        for f in HandshakeFailure::ALL {
-            m.handshakes.with_label_values(&[f.label()]);
+            upstream_errors,
         }
-        for k in UpstreamError::ALL {
-            m.upstream_errors.with_label_values(&[k.label()]);
-        }
-        m.reloads.with_label_values(&["success"]);
-        m.reloads.with_label_values(&["failure"]);
-        Arc::new(m)
     }
 
-    pub fn handshake_ok(&self, seconds: f64) {
-        self.handshakes.with_label_values(&["ok"]).inc();
-        self.handshake_duration.observe(seconds);
-    }
-
-    pub fn handshake_failed(&self, reason: HandshakeFailure) {
-        self.handshakes.with_label_values(&[reason.label()]).inc();
-    }
-
-    pub fn handshakes(&self, result: &str) -> u64 {
-        self.handshakes.with_label_values(&[result]).get()
-    }
-
-    pub fn request_done(&self, status: http::StatusCode, seconds: f64) {
-        self.requests.with_label_values(&[status.as_str()]).inc();
-        self.request_duration.observe(seconds);
+    pub fn done(&self, status: http::StatusCode, seconds: f64) {
+        self.by_code.with_label_values(&[status.as_str()]).inc();
+        self.duration.observe(seconds);
     }
 
     pub fn role_granted(&self, role: &str) {
@@ -220,23 +250,99 @@ impl Metrics {
             .with_label_values(&[kind.label()])
             .inc();
     }
+}
 
-    pub fn reload(&self, success: bool) {
-        self.reloads
-            .with_label_values(&[if success { "success" } else { "failure" }])
-            .inc();
-        self.last_reload_successful.set(i64::from(success));
+/// The `result` label of `certgate_reloads_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReloadResult {
+    Success,
+    Failure,
+}
+
+impl ReloadResult {
+    const ALL: [ReloadResult; 2] = [ReloadResult::Success, ReloadResult::Failure];
+
+    fn label(self) -> &'static str {
+        match self {
+            ReloadResult::Success => "success",
+            ReloadResult::Failure => "failure",
+        }
+    }
+}
+
+/// Reloads and the state now serving.
+pub struct ReloadMetrics {
+    results: IntCounterVec,
+    generation: IntGauge,
+    last_success: IntGauge,
+    last_successful: IntGauge,
+}
+
+impl ReloadMetrics {
+    fn register(r: &Registry) -> ReloadMetrics {
+        let results = counter_vec(
+            r,
+            "certgate_reloads_total",
+            "Configuration and certificate reloads by result.",
+            &["result"],
+        );
+        for result in ReloadResult::ALL {
+            results.with_label_values(&[result.label()]);
+        }
+        ReloadMetrics {
+            results,
+            generation: gauge(
+                r,
+                "certgate_config_generation",
+                "Generation number of the state now serving; 1 at start, +1 per successful reload.",
+            ),
+            last_success: gauge(
+                r,
+                "certgate_config_last_reload_success_timestamp_seconds",
+                "Unix time of the last successful load of the state.",
+            ),
+            last_successful: gauge(
+                r,
+                "certgate_config_last_reload_successful",
+                "1 if the last load of the configuration and its files succeeded, 0 if it failed (the previous state keeps serving).",
+            ),
+        }
     }
 
-    /// Publishes the gauges that describe a newly installed state.
-    pub fn state_installed(&self, state: &State) {
-        self.config_generation.set(state.generation as i64);
-        self.last_reload_success.set(state.loaded_at_unix);
-        self.last_reload_successful.set(1);
-        self.publish_expiry(&state.certs, &state.crls);
-        // Roles only appear as labels once configured (bounded cardinality).
-        for role in state.roles.known_roles() {
-            self.role_grants.with_label_values(&[role]);
+    pub fn attempted(&self, result: ReloadResult) {
+        self.results.with_label_values(&[result.label()]).inc();
+        self.last_successful
+            .set(i64::from(result == ReloadResult::Success));
+    }
+
+    fn installed(&self, state: &State) {
+        self.generation.set(state.generation as i64);
+        self.last_success.set(state.loaded_at_unix);
+        self.last_successful.set(1);
+    }
+}
+
+/// When the loaded certificates and CRLs run out.
+pub struct ExpiryMetrics {
+    cert_expiry: IntGaugeVec,
+    crl_next_update: IntGaugeVec,
+}
+
+impl ExpiryMetrics {
+    fn register(r: &Registry) -> ExpiryMetrics {
+        ExpiryMetrics {
+            cert_expiry: gauge_vec(
+                r,
+                "certgate_certificate_expiry_timestamp_seconds",
+                "notAfter of each loaded server certificate and trusted client CA, as Unix time.",
+                &["kind", "subject"],
+            ),
+            crl_next_update: gauge_vec(
+                r,
+                "certgate_crl_next_update_timestamp_seconds",
+                "nextUpdate of each loaded CRL, as Unix time.",
+                &["issuer"],
+            ),
         }
     }
 
@@ -248,7 +354,7 @@ impl Metrics {
     /// gauge keeps the soonest notAfter, the one an expiry alert is for.
     /// Two CRLs from one issuer (old and new during a CRL roll): the latest
     /// nextUpdate, since either CRL answers for that issuer.
-    fn publish_expiry(&self, certs: &[CertInfo], crls: &[CrlInfo]) {
+    fn publish(&self, certs: &[CertInfo], crls: &[CrlInfo]) {
         self.cert_expiry.reset();
         let mut soonest: BTreeMap<(&str, &str), i64> = BTreeMap::new();
         for c in certs {
@@ -283,15 +389,6 @@ impl Metrics {
             self.crl_next_update.with_label_values(&[issuer]).set(next);
         }
     }
-
-    /// The Prometheus text exposition of every metric.
-    pub fn render(&self) -> String {
-        let mut buf = Vec::new();
-        TextEncoder::new()
-            .encode(&self.registry.gather(), &mut buf)
-            .expect("text encoding into a Vec cannot fail");
-        String::from_utf8(buf).expect("the text format is UTF-8")
-    }
 }
 
 /// Counts a connection as active for as long as it lives.
@@ -299,15 +396,15 @@ pub struct ActiveConnection(Arc<Metrics>);
 
 impl ActiveConnection {
     pub fn open(metrics: &Arc<Metrics>) -> ActiveConnection {
-        metrics.connections_total.inc();
-        metrics.connections_active.inc();
+        metrics.connections.total.inc();
+        metrics.connections.active.inc();
         ActiveConnection(metrics.clone())
     }
 }
 
 impl Drop for ActiveConnection {
     fn drop(&mut self) {
-        self.0.connections_active.dec();
+        self.0.connections.active.dec();
     }
 }
 
@@ -360,9 +457,9 @@ mod tests {
         use MetricType::{COUNTER, GAUGE, HISTOGRAM};
         let m = Metrics::new();
         // Labelled series that only exist once something happened.
-        m.request_done(http::StatusCode::OK, 0.01);
-        m.role_granted("ROLE_USER");
-        m.publish_expiry(
+        m.requests.done(http::StatusCode::OK, 0.01);
+        m.requests.role_granted("ROLE_USER");
+        m.expiry.publish(
             &[cert("server", "CN=s", 1), cert("client_ca", "CN=ca", 2)],
             &[crl("CN=ca", Some(3))],
         );
@@ -423,7 +520,7 @@ mod tests {
     #[test]
     fn expiry_gauges_keep_the_soonest_certificate_and_the_latest_crl() {
         let m = Metrics::new();
-        m.publish_expiry(
+        m.expiry.publish(
             &[
                 cert("client_ca", "CN=ca", 300),
                 cert("client_ca", "CN=ca", 100),
@@ -436,7 +533,12 @@ mod tests {
                 crl("CN=other", None),
             ],
         );
-        let cert_gauge = |kind, subject| m.cert_expiry.with_label_values(&[kind, subject]).get();
+        let cert_gauge = |kind, subject| {
+            m.expiry
+                .cert_expiry
+                .with_label_values(&[kind, subject])
+                .get()
+        };
         assert_eq!(
             cert_gauge("client_ca", "CN=ca"),
             100,
@@ -447,13 +549,16 @@ mod tests {
             50,
             "SNI is labelled server; soonest wins"
         );
-        assert_eq!(m.crl_next_update.with_label_values(&["CN=ca"]).get(), 20);
+        assert_eq!(
+            m.expiry.crl_next_update.with_label_values(&["CN=ca"]).get(),
+            20
+        );
         assert!(
             !m.render().contains("CN=other"),
             "a CRL without nextUpdate has no gauge"
         );
 
-        m.publish_expiry(&[cert("server", "CN=new", 1)], &[]);
+        m.expiry.publish(&[cert("server", "CN=new", 1)], &[]);
         let text = m.render();
         assert!(
             !text.contains("CN=ca") && !text.contains("CN=api"),
@@ -464,11 +569,11 @@ mod tests {
     #[test]
     fn last_reload_successful_follows_the_latest_attempt() {
         let m = Metrics::new();
-        m.reload(false);
-        assert_eq!(m.last_reload_successful.get(), 0);
-        assert_eq!(m.reloads.with_label_values(&["failure"]).get(), 1);
-        m.reload(true);
-        assert_eq!(m.last_reload_successful.get(), 1);
-        assert_eq!(m.reloads.with_label_values(&["success"]).get(), 1);
+        m.reloads.attempted(ReloadResult::Failure);
+        assert_eq!(m.reloads.last_successful.get(), 0);
+        assert_eq!(m.reloads.results.with_label_values(&["failure"]).get(), 1);
+        m.reloads.attempted(ReloadResult::Success);
+        assert_eq!(m.reloads.last_successful.get(), 1);
+        assert_eq!(m.reloads.results.with_label_values(&["success"]).get(), 1);
     }
 }

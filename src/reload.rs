@@ -20,6 +20,7 @@ use tokio::sync::mpsc;
 
 use crate::config::Config;
 use crate::gateway::Gateway;
+use crate::metrics::ReloadResult;
 use crate::state::State;
 
 /// Why a reload was attempted.
@@ -146,13 +147,13 @@ impl Reloader {
                     "reloaded"
                 );
                 self.failed = None;
-                self.gw.metrics.reload(true);
+                self.gw.metrics.reloads.attempted(ReloadResult::Success);
                 self.gw.install(state);
             }
             Err(error) => {
                 self.failed = Some(digest);
                 tracing::error!(generation = current.generation, trigger = ?trigger, %error, "reload failed; previous state keeps serving");
-                self.gw.metrics.reload(false);
+                self.gw.metrics.reloads.attempted(ReloadResult::Failure);
                 self.gw
                     .record_reload_failure(error, crate::clock::unix_now());
             }

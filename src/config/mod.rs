@@ -512,7 +512,7 @@ impl Validator<'_> {
 /// One method per config section: each turns its raw section into the
 /// typed one, recording problems and standing in a safe value for each.
 impl Validator<'_> {
-    fn listener(&mut self, l: raw::RawListener) -> ListenerConfig {
+    fn listener(&mut self, l: &raw::RawListener) -> ListenerConfig {
         ListenerConfig {
             address: self.addr("listener.address", &l.address),
             handshake_timeout: self.duration("listener.handshake_timeout", &l.handshake_timeout),
@@ -721,7 +721,7 @@ impl Validator<'_> {
         }
     }
 
-    fn log(&mut self, l: raw::RawLog) -> LogConfig {
+    fn log(&mut self, l: &raw::RawLog) -> LogConfig {
         let log = LogConfig {
             level: l.level.clone(),
             format: self.choice(
@@ -746,7 +746,7 @@ fn validate(path: &Path, raw: RawConfig) -> Result<Config, ConfigError> {
         dir: path.parent().unwrap_or(Path::new("/")),
         problems: Vec::new(),
     };
-    let listener = v.listener(raw.listener);
+    let listener = v.listener(&raw.listener);
     let server_tls = v.server_tls(raw.server_tls);
     let client_auth = v.client_auth(raw.client_auth);
     let upstream = v.upstream(raw.upstream);
@@ -768,7 +768,7 @@ fn validate(path: &Path, raw: RawConfig) -> Result<Config, ConfigError> {
         debounce: v.duration("reload.debounce", &raw.reload.debounce),
         poll_interval: v.duration("reload.poll_interval", &raw.reload.poll_interval),
     };
-    let log = v.log(raw.log);
+    let log = v.log(&raw.log);
 
     if !v.problems.is_empty() {
         return Err(ConfigError {

@@ -80,7 +80,7 @@ impl ClientContext {
     fn note_grants(&self, roles: &[Arc<str>], state: &State, metrics: &Metrics) {
         let identity = &self.credential.identity;
         for role in roles {
-            metrics.role_granted(role);
+            metrics.requests.role_granted(role);
             if state.config.roles.audit.iter().any(|a| **a == **role) {
                 tracing::warn!(
                     target: "certgate::audit",

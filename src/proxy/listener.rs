@@ -140,7 +140,7 @@ async fn handshake(
     };
     match outcome {
         Ok(Ok(tls)) => {
-            gw.metrics.handshake_ok(started.elapsed().as_secs_f64());
+            gw.metrics.handshakes.ok(started.elapsed().as_secs_f64());
             // Boxed: the stream (~1.2 KiB, mostly rustls state) would
             // otherwise be laid out several times over in the connection
             // task, which is kept for every open connection.
@@ -148,12 +148,12 @@ async fn handshake(
         }
         Ok(Err(e)) => {
             let reason = classify_error(&e);
-            gw.metrics.handshake_failed(reason);
+            gw.metrics.handshakes.failed(reason);
             tracing::info!(%peer, reason = reason.label(), error = %e, "TLS handshake refused");
             None
         }
         Err(_) => {
-            gw.metrics.handshake_failed(HandshakeFailure::Timeout);
+            gw.metrics.handshakes.failed(HandshakeFailure::Timeout);
             tracing::info!(%peer, reason = "timeout", "TLS handshake not completed within listener.handshake_timeout");
             None
         }

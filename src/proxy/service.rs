@@ -54,10 +54,10 @@ pub async fn handle(
         Ok(resp) => resp,
         Err(e) => {
             if let Some(kind) = e.upstream_kind() {
-                gw.metrics.upstream_error(kind);
+                gw.metrics.requests.upstream_error(kind);
             }
             if matches!(e, GatewayError::Forbidden(_)) {
-                gw.metrics.authz_denied.inc();
+                gw.metrics.requests.authz_denied.inc();
             }
             let resp = e.clone().into_response(request_id.to_str().unwrap_or(""));
             outcome.error = Some(e);
@@ -67,7 +67,8 @@ pub async fn handle(
     resp.headers_mut().insert(&X_REQUEST_ID, request_id.clone());
     let elapsed = started.elapsed();
     gw.metrics
-        .request_done(resp.status(), elapsed.as_secs_f64());
+        .requests
+        .done(resp.status(), elapsed.as_secs_f64());
     if state.config.log.access_log {
         access_log(
             &client,

@@ -87,7 +87,7 @@ impl<F: Future<Output = ()>> Future for WatchedStream<F> {
 
 /// Counts and logs an exchange ended by `stream_idle_timeout`.
 pub(super) fn stream_stalled(metrics: &Metrics, peer: SocketAddr, action: &str) {
-    metrics.stream_idle_timeouts.inc();
+    metrics.requests.stream_idle_timeouts.inc();
     tracing::info!(
         %peer,
         "request or response moved no byte for listener.stream_idle_timeout; {action}"
