@@ -10,7 +10,7 @@ use std::sync::Arc;
 use http::Method;
 use rustls::pki_types::UnixTime;
 
-use crate::config::{Config, TlsVersion};
+use crate::config::{Config, TlsVersion, Toggle};
 use crate::identity::Identity;
 use crate::policy::{normalize_path, AuthzDefault, Decision, Roles, Route};
 use crate::proxy::{INTERNAL_PREFIX, WHOAMI};
@@ -88,6 +88,14 @@ pub fn summary(state: &State) -> String {
     }
     if state.crls.is_empty() {
         let _ = writeln!(out, "  none (revocation is not checked)");
+    } else if cfg.client_auth.unknown_revocation == Toggle::Allow
+        && !state.cas_without_crl.is_empty()
+    {
+        let _ = writeln!(
+            out,
+            "warning: no CRL is loaded for trusted CA(s) [{}]: with unknown_revocation = \"allow\" their clients are never revocation-checked",
+            state.cas_without_crl.join("; ")
+        );
     }
     let _ = writeln!(
         out,

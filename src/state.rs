@@ -30,6 +30,8 @@ pub struct State {
     pub upstream: Arc<Upstream>,
     pub certs: Vec<CertInfo>,
     pub crls: Vec<CrlInfo>,
+    /// Subjects of the trusted CAs that no loaded CRL is issued by.
+    pub cas_without_crl: Vec<String>,
     pub loaded_at_unix: i64,
 }
 
@@ -67,7 +69,8 @@ impl State {
     /// # Errors
     /// A [`StateError`] listing each file that is missing, unparsable, or
     /// inconsistent (a key that does not match its certificate, an empty CA
-    /// bundle, a CRL rustls refuses).
+    /// bundle, a CRL rustls refuses or that does not verify against a
+    /// trusted CA).
     pub fn build(config: Arc<Config>, generation: u64) -> Result<State, StateError> {
         let mut problems = Vec::new();
         let mut certs = Vec::new();
@@ -105,6 +108,14 @@ impl State {
             .iter()
             .filter_map(|(file, der)| load::crl_info(file, der))
             .collect();
+        // Without CAs (already a problem) every CRL would look untrusted.
+        let cas_without_crl = if cas.is_empty() {
+            Vec::new()
+        } else {
+            tls::crl::verify_crls(&crls, &cas)
+                .map_err(|e| problems.extend(e))
+                .unwrap_or_default()
+        };
 
         let verifier = if cas.is_empty() {
             None
@@ -155,6 +166,7 @@ impl State {
             upstream: Arc::new(upstream),
             certs,
             crls: crl_infos,
+            cas_without_crl,
             loaded_at_unix: crate::clock::unix_now(),
         })
     }

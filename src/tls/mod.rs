@@ -1,8 +1,10 @@
 //! Everything TLS: reading certificates, keys and CRLs from disk (`load`),
-//! the client-certificate verifier and the meaning of its errors (`verify`),
-//! and the rustls `ServerConfig` with SNI certificate selection (`server`).
+//! checking CRLs against the trusted CAs (`crl`), the client-certificate
+//! verifier and the meaning of its errors (`verify`), and the rustls
+//! `ServerConfig` with SNI certificate selection (`server`).
 //! Chain validation itself is rustls-webpki's; nothing here re-implements it.
 
+pub mod crl;
 pub mod load;
 pub mod pkcs12;
 pub mod server;

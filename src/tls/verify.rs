@@ -1,13 +1,16 @@
 //! The client-certificate verifier (rustls' `WebPkiClientVerifier`, with
-//! CRLs) and the mapping of its errors onto the handshake-failure reasons
-//! that metrics and logs report.
+//! CRLs, plus the leaf checks webpki leaves out) and the mapping of its
+//! errors onto the handshake-failure reasons that metrics and logs report.
 
 use std::sync::Arc;
 
-use rustls::pki_types::{CertificateDer, CertificateRevocationListDer};
-use rustls::server::danger::ClientCertVerifier;
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::WebPkiClientVerifier;
-use rustls::{CertificateError, RootCertStore};
+use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, RootCertStore};
+use rustls::{OtherError, SignatureScheme};
+use x509_parser::prelude::{FromDer, X509Certificate};
 
 use crate::config::{ClientAuthConfig, CrlScope, Toggle};
 
@@ -20,6 +23,9 @@ use crate::config::{ClientAuthConfig, CrlScope, Toggle};
 ///   issuer has no CRL loaded; `"deny"` refuses it.
 /// - `expired_crl = "allow"` (default) keeps using a CRL past nextUpdate;
 ///   `"deny"` refuses certificates that only an expired CRL covers.
+///
+/// The result is a [`ClientVerifier`]: webpki's verdict first, then the
+/// leaf checks of [`check_leaf`].
 ///
 /// # Errors
 /// No usable trust anchor, or a CRL rustls cannot use.
@@ -49,20 +55,129 @@ pub fn build_client_verifier(
     if cfg.expired_crl == Toggle::Deny {
         builder = builder.enforce_revocation_expiration();
     }
-    builder.build().map_err(|e| e.to_string())
+    let inner = builder.build().map_err(|e| e.to_string())?;
+    Ok(Arc::new(ClientVerifier { inner }))
+}
+
+/// rustls-webpki's client verifier with certgate's checks on the leaf after
+/// webpki has accepted the chain. Every other method is webpki's.
+#[derive(Debug)]
+pub struct ClientVerifier {
+    inner: Arc<dyn ClientCertVerifier>,
+}
+
+impl ClientCertVerifier for ClientVerifier {
+    fn offer_client_auth(&self) -> bool {
+        self.inner.offer_client_auth()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.inner.client_auth_mandatory()
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let verified = self
+            .inner
+            .verify_client_cert(end_entity, intermediates, now)?;
+        check_leaf(end_entity)?;
+        Ok(verified)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+
+    fn requires_raw_public_keys(&self) -> bool {
+        self.inner.requires_raw_public_keys()
+    }
+}
+
+/// A leaf that webpki accepts but certgate refuses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum LeafRefusal {
+    /// keyUsage is present and does not assert digitalSignature, which a
+    /// TLS client key needs to sign its CertificateVerify (RFC 5280
+    /// §4.2.1.3; OpenSSL's `sslclient` purpose refuses it too).
+    #[error("the client certificate's keyUsage extension does not allow digitalSignature")]
+    KeyUsageLacksDigitalSignature,
+}
+
+/// The checks on an already verified leaf. A keyUsage extension x509-parser
+/// cannot read (webpki does not look at it) is refused as a bad encoding.
+///
+/// The refusal is `CertificateError::Other`, so the reason reaches the log
+/// line; rustls answers it with the `certificate_unknown` alert, as it does
+/// webpki's own CA-as-client refusal.
+fn check_leaf(end_entity: &CertificateDer<'_>) -> Result<(), rustls::Error> {
+    let bad_encoding = || rustls::Error::InvalidCertificate(CertificateError::BadEncoding);
+    let (_, cert) = X509Certificate::from_der(end_entity).map_err(|_| bad_encoding())?;
+    match cert.key_usage().map_err(|_| bad_encoding())? {
+        Some(ku) if !ku.value.digital_signature() => {
+            Err(rustls::Error::InvalidCertificate(CertificateError::Other(
+                OtherError(Arc::new(LeafRefusal::KeyUsageLacksDigitalSignature)),
+            )))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Why a handshake failed, as the `result` label of
 /// `certgate_tls_handshakes_total` names it.
+///
+/// Revocation outcomes split by what the operator has to fix:
+///
+/// | rustls error | label |
+/// |---|---|
+/// | `CertificateError::Revoked` | `revoked` |
+/// | `CertificateError::UnknownRevocationStatus` (`unknown_revocation = "deny"`) | `revoked` |
+/// | `CertificateError::ExpiredRevocationList*` (`expired_crl = "deny"`) | `bad_crl` |
+/// | `Error::InvalidCertRevocationList(_)` (bad CRL signature, issuer not a CRL signer, unsupported CRL algorithm) | `bad_crl` |
+///
+/// `bad_crl` means a loaded CRL that would decide the certificate cannot be
+/// used: nothing is known against the certificate, and refreshing or fixing
+/// the CRL lets the client in again. `UnknownRevocationStatus` stays
+/// `revoked`: no CRL was at fault (none covers the issuer), and `deny` is the
+/// operator's choice to treat "not known to be good" as revoked; counting it
+/// as `bad_crl` would page for a CRL that does not exist.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HandshakeFailure {
     NoClientCert,
     UnknownIssuer,
     Expired,
     NotYetValid,
-    /// Revoked by a CRL, or revocation status unknown/stale under a `deny` policy.
+    /// On a CRL, or revocation status unknown under `unknown_revocation = "deny"`.
     Revoked,
-    /// Wrong extended key usage, or a CA certificate presented as a client.
+    /// A CRL needed for the decision is unusable (see the table above).
+    BadCrl,
+    /// Wrong extended key usage, keyUsage without digitalSignature, or a CA
+    /// certificate presented as a client.
     BadUsage,
     BadSignature,
     Timeout,
@@ -71,12 +186,13 @@ pub enum HandshakeFailure {
 }
 
 impl HandshakeFailure {
-    pub const ALL: [HandshakeFailure; 10] = [
+    pub const ALL: [HandshakeFailure; 11] = [
         HandshakeFailure::NoClientCert,
         HandshakeFailure::UnknownIssuer,
         HandshakeFailure::Expired,
         HandshakeFailure::NotYetValid,
         HandshakeFailure::Revoked,
+        HandshakeFailure::BadCrl,
         HandshakeFailure::BadUsage,
         HandshakeFailure::BadSignature,
         HandshakeFailure::Timeout,
@@ -91,6 +207,7 @@ impl HandshakeFailure {
             HandshakeFailure::Expired => "expired",
             HandshakeFailure::NotYetValid => "not_yet_valid",
             HandshakeFailure::Revoked => "revoked",
+            HandshakeFailure::BadCrl => "bad_crl",
             HandshakeFailure::BadUsage => "bad_usage",
             HandshakeFailure::BadSignature => "bad_signature",
             HandshakeFailure::Timeout => "timeout",
@@ -117,7 +234,7 @@ pub fn classify_rustls(err: &rustls::Error) -> HandshakeFailure {
     match err {
         E::NoCertificatesPresented => HandshakeFailure::NoClientCert,
         E::InvalidCertificate(ce) => classify_certificate(ce),
-        E::InvalidCertRevocationList(_) => HandshakeFailure::Revoked,
+        E::InvalidCertRevocationList(_) => HandshakeFailure::BadCrl,
         E::InvalidMessage(_)
         | E::InappropriateMessage { .. }
         | E::InappropriateHandshakeMessage { .. }
@@ -138,10 +255,10 @@ fn classify_certificate(err: &CertificateError) -> HandshakeFailure {
         C::UnknownIssuer => HandshakeFailure::UnknownIssuer,
         C::Expired | C::ExpiredContext { .. } => HandshakeFailure::Expired,
         C::NotValidYet | C::NotValidYetContext { .. } => HandshakeFailure::NotYetValid,
-        C::Revoked
-        | C::UnknownRevocationStatus
-        | C::ExpiredRevocationList
-        | C::ExpiredRevocationListContext { .. } => HandshakeFailure::Revoked,
+        C::Revoked | C::UnknownRevocationStatus => HandshakeFailure::Revoked,
+        C::ExpiredRevocationList | C::ExpiredRevocationListContext { .. } => {
+            HandshakeFailure::BadCrl
+        }
         C::InvalidPurpose | C::InvalidPurposeContext { .. } => HandshakeFailure::BadUsage,
         C::BadSignature
         | C::UnsupportedSignatureAlgorithm
@@ -153,8 +270,59 @@ fn classify_certificate(err: &CertificateError) -> HandshakeFailure {
             Some(webpki::Error::CaUsedAsEndEntity | webpki::Error::EndEntityUsedAsCa) => {
                 HandshakeFailure::BadUsage
             }
-            _ => HandshakeFailure::Other,
+            _ => match other.0.downcast_ref::<LeafRefusal>() {
+                Some(LeafRefusal::KeyUsageLacksDigitalSignature) => HandshakeFailure::BadUsage,
+                None => HandshakeFailure::Other,
+            },
         },
         _ => HandshakeFailure::Other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustls::CertRevocationListError;
+
+    #[test]
+    fn revocation_and_leaf_errors_get_their_labels() {
+        let other = |e: LeafRefusal| CertificateError::Other(OtherError(Arc::new(e)));
+        let cases: [(&str, rustls::Error, HandshakeFailure); 6] = [
+            (
+                "on a CRL",
+                CertificateError::Revoked.into(),
+                HandshakeFailure::Revoked,
+            ),
+            (
+                "no CRL for the issuer, deny",
+                CertificateError::UnknownRevocationStatus.into(),
+                HandshakeFailure::Revoked,
+            ),
+            (
+                "expired CRL, deny",
+                CertificateError::ExpiredRevocationList.into(),
+                HandshakeFailure::BadCrl,
+            ),
+            (
+                "CRL signature",
+                rustls::Error::InvalidCertRevocationList(CertRevocationListError::BadSignature),
+                HandshakeFailure::BadCrl,
+            ),
+            (
+                "issuer not a CRL signer",
+                rustls::Error::InvalidCertRevocationList(
+                    CertRevocationListError::IssuerInvalidForCrl,
+                ),
+                HandshakeFailure::BadCrl,
+            ),
+            (
+                "keyUsage without digitalSignature",
+                other(LeafRefusal::KeyUsageLacksDigitalSignature).into(),
+                HandshakeFailure::BadUsage,
+            ),
+        ];
+        for (case, err, want) in cases {
+            assert_eq!(classify_rustls(&err), want, "{case}");
+        }
     }
 }

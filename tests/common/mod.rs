@@ -25,6 +25,7 @@ use rcgen::{
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use time::OffsetDateTime;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_certgate");
 
@@ -119,27 +120,62 @@ impl TestCa {
     }
 
     pub fn crl_with(&self, revoked: &[&Leaf], valid_for: time::Duration) -> String {
-        let now = OffsetDateTime::now_utc();
-        CertificateRevocationListParams {
-            this_update: now - time::Duration::hours(2),
-            next_update: now - time::Duration::hours(1) + valid_for,
-            crl_number: next_serial(),
-            issuing_distribution_point: None,
-            revoked_certs: revoked
-                .iter()
-                .map(|l| RevokedCertParams {
-                    serial_number: l.serial.clone(),
-                    revocation_time: now - time::Duration::minutes(30),
-                    reason_code: Some(rcgen::RevocationReason::KeyCompromise),
-                    invalidity_date: None,
-                })
-                .collect(),
-            key_identifier_method: KeyIdMethod::Sha256,
-        }
-        .signed_by(&self.issuer)
+        crl_params(revoked, valid_for, KeyIdMethod::Sha256)
+            .signed_by(&self.issuer)
+            .expect("sign CRL")
+            .pem()
+            .expect("CRL PEM")
+    }
+
+    /// A CRL that claims to be `self`'s (its issuer name and authority key
+    /// identifier) but is signed by `signer`, a look-alike with the same
+    /// subject and another key (see [`impostor_ca`]).
+    pub fn forged_crl(&self, signer: &TestCa, revoked: &[&Leaf]) -> String {
+        let (_, cert) = x509_parser::parse_x509_certificate(&self.der).expect("parse CA");
+        let ski = cert
+            .extensions()
+            .iter()
+            .find_map(|e| match e.parsed_extension() {
+                x509_parser::extensions::ParsedExtension::SubjectKeyIdentifier(id) => {
+                    Some(id.0.to_vec())
+                }
+                _ => None,
+            })
+            .expect("CA has a subject key identifier");
+        crl_params(
+            revoked,
+            time::Duration::days(7),
+            KeyIdMethod::PreSpecified(ski),
+        )
+        .signed_by(&signer.issuer)
         .expect("sign CRL")
         .pem()
         .expect("CRL PEM")
+    }
+}
+
+/// CRL parameters revoking `revoked`, valid from an hour ago for `valid_for`.
+fn crl_params(
+    revoked: &[&Leaf],
+    valid_for: time::Duration,
+    key_identifier_method: KeyIdMethod,
+) -> CertificateRevocationListParams {
+    let now = OffsetDateTime::now_utc();
+    CertificateRevocationListParams {
+        this_update: now - time::Duration::hours(2),
+        next_update: now - time::Duration::hours(1) + valid_for,
+        crl_number: next_serial(),
+        issuing_distribution_point: None,
+        revoked_certs: revoked
+            .iter()
+            .map(|l| RevokedCertParams {
+                serial_number: l.serial.clone(),
+                revocation_time: now - time::Duration::minutes(30),
+                reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+                invalidity_date: None,
+            })
+            .collect(),
+        key_identifier_method,
     }
 }
 
@@ -185,6 +221,8 @@ pub struct LeafSpec {
     pub not_after: OffsetDateTime,
     /// Marks the leaf as a CA (basicConstraints CA:true).
     pub is_ca: bool,
+    /// The keyUsage bits; `None` is `[DigitalSignature]` (see [`LeafSpec::with_key_usages`]).
+    pub key_usages: Option<Vec<KeyUsagePurpose>>,
 }
 
 impl LeafSpec {
@@ -203,6 +241,16 @@ impl LeafSpec {
             not_before: now - time::Duration::days(1),
             not_after: now + time::Duration::days(30),
             is_ca: false,
+            key_usages: None,
+        }
+    }
+
+    /// The same leaf with exactly these keyUsage bits (an empty list
+    /// leaves the extension out).
+    pub fn with_key_usages(self, usages: &[KeyUsagePurpose]) -> LeafSpec {
+        LeafSpec {
+            key_usages: Some(usages.to_vec()),
+            ..self
         }
     }
 
@@ -252,7 +300,10 @@ impl LeafSpec {
             Eku::Server => vec![ExtendedKeyUsagePurpose::ServerAuth],
             Eku::None => vec![],
         };
-        p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        p.key_usages = self
+            .key_usages
+            .clone()
+            .unwrap_or_else(|| vec![KeyUsagePurpose::DigitalSignature]);
         if self.is_ca {
             p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
             p.key_usages.push(KeyUsagePurpose::KeyCertSign);
@@ -804,6 +855,86 @@ pub fn have(tool: &str) -> bool {
         "`{tool}` is not installed, and CI must run every test (.ci/run installs it)"
     );
     found
+}
+
+// --------------------------------------------- handshake refusals ----
+
+/// How long a refusal takes to be seen by the client and counted.
+const REFUSAL_WAIT: Duration = Duration::from_secs(5);
+
+/// Every `result` label of `certgate_tls_handshakes_total` (SPEC §6).
+pub const HANDSHAKE_RESULTS: [&str; 12] = [
+    "ok",
+    "no_client_cert",
+    "unknown_issuer",
+    "expired",
+    "not_yet_valid",
+    "revoked",
+    "bad_crl",
+    "bad_usage",
+    "bad_signature",
+    "timeout",
+    "protocol_error",
+    "other",
+];
+
+pub fn handshakes(gw: &Gateway, result: &str) -> f64 {
+    gw.metric(&format!(
+        "certgate_tls_handshakes_total{{result=\"{result}\"}}"
+    ))
+}
+
+/// The first request of `client` fails with the TLS alert named `alert`,
+/// and the refusal is counted under `label` and under no other result.
+///
+/// The request goes over the bare TLS stream: TLS 1.3 delivers the server's
+/// verdict on the client certificate after the client considers the
+/// handshake done, so the alert is what the first read returns (hyper's
+/// client would only report that its connection task ended).
+pub async fn assert_refused(gw: &Gateway, client: &TestClient, label: &str, alert: &str) {
+    let err = match client.tls(gw.addr).await {
+        Ok(mut tls) => {
+            let _ = tls
+                .write_all(b"GET /.certgate/whoami HTTP/1.1\r\nhost: localhost\r\n\r\n")
+                .await;
+            let mut buf = Vec::new();
+            match tokio::time::timeout(REFUSAL_WAIT, tls.read_to_end(&mut buf))
+                .await
+                .expect("verdict in time")
+            {
+                Ok(_) => panic!(
+                    "the gateway answered a client it must refuse: {}",
+                    String::from_utf8_lossy(&buf)
+                ),
+                Err(e) => e.to_string(),
+            }
+        }
+        Err(e) => e,
+    };
+    assert!(
+        err.contains(&format!("received fatal alert: {alert}")),
+        "expected the {alert} alert, got: {err}"
+    );
+    assert!(
+        eventually(REFUSAL_WAIT, || handshakes(gw, label) == 1.0),
+        "handshakes_total{{result=\"{label}\"}} did not reach 1; metrics:\n{}",
+        gw.metrics()
+    );
+    for other in HANDSHAKE_RESULTS.iter().filter(|r| **r != label) {
+        assert_eq!(
+            handshakes(gw, other),
+            0.0,
+            "result=\"{other}\" moved for a {label} refusal"
+        );
+    }
+    assert!(
+        gw.wait_for_log(
+            &["TLS handshake refused", &format!("\"reason\":\"{label}\"")],
+            REFUSAL_WAIT
+        ),
+        "no refusal log line with reason {label}:\n{}",
+        gw.logs()
+    );
 }
 
 // ------------------------------------------ raw TLS and HTTP/2 streams ----
