@@ -23,7 +23,7 @@ use super::LoadError;
 #[derive(Debug, thiserror::Error)]
 pub enum CrlError {
     #[error("unreadable CRL: {0}")]
-    Unparsable(#[from] x509_parser::nom::Err<X509Error>),
+    Unparsable(#[from] nom::Err<X509Error>),
     #[error("issued by {issuer}, which is not among the trusted CAs (client_auth.trusted_cas)")]
     UntrustedIssuer { issuer: String },
     #[error("its authority key identifier matches none of the trusted CAs named {issuer}: it was signed with another key")]
