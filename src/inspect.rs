@@ -89,12 +89,19 @@ pub fn summary(state: &State) -> String {
     if state.crls.is_empty() {
         let _ = writeln!(out, "  none (revocation is not checked)");
     } else if cfg.client_auth.unknown_revocation == Toggle::Allow
-        && !state.cas_without_crl.is_empty()
+        && !state.crl_coverage.cas_without_crl.is_empty()
     {
         let _ = writeln!(
             out,
             "warning: no CRL is loaded for trusted CA(s) [{}]: with unknown_revocation = \"allow\" their clients are never revocation-checked",
-            state.cas_without_crl.join("; ")
+            state.crl_coverage.cas_without_crl.join("; ")
+        );
+    }
+    if !state.crl_coverage.intermediate_issuers.is_empty() {
+        let _ = writeln!(
+            out,
+            "  CRLs of [{}], which are not trusted CAs, are verified at each handshake against the intermediate certificate the client presents",
+            state.crl_coverage.intermediate_issuers.join("; ")
         );
     }
     let _ = writeln!(

@@ -31,7 +31,8 @@ pub struct State {
     pub certs: Vec<CertInfo>,
     pub crls: Vec<CrlInfo>,
     /// Subjects of the trusted CAs that no loaded CRL is issued by.
-    pub cas_without_crl: Vec<String>,
+    /// What the CRLs cover, for `check`.
+    pub crl_coverage: tls::crl::CrlCoverage,
     pub loaded_at_unix: i64,
 }
 
@@ -109,8 +110,8 @@ impl State {
             .filter_map(|(file, der)| load::crl_info(file, der))
             .collect();
         // Without CAs (already a problem) every CRL would look untrusted.
-        let cas_without_crl = if cas.is_empty() {
-            Vec::new()
+        let crl_coverage = if cas.is_empty() {
+            tls::crl::CrlCoverage::default()
         } else {
             tls::crl::verify_crls(&crls, &cas)
                 .map_err(|e| problems.extend(e))
@@ -166,7 +167,7 @@ impl State {
             upstream: Arc::new(upstream),
             certs,
             crls: crl_infos,
-            cas_without_crl,
+            crl_coverage,
             loaded_at_unix: crate::clock::unix_now(),
         })
     }

@@ -122,7 +122,6 @@ async fn key_usage_without_digital_signature_is_refused_as_bad_usage() {
 fn crl_that_does_not_verify_fails_start_and_check() {
     let mut setup = Setup::new("127.0.0.1:9".parse().unwrap());
     let impostor = impostor_ca("certgate test client CA");
-    let stranger = TestCa::root("a CA nobody trusts");
     setup.client_auth = Some(CRL_AUTH.into());
     // (case, CRL, what the error says besides the file name)
     let cases = [
@@ -135,11 +134,6 @@ fn crl_that_does_not_verify_fails_start_and_check() {
             "another key's identifier",
             impostor.crl(&[]),
             "authority key identifier",
-        ),
-        (
-            "issuer not trusted",
-            stranger.crl(&[]),
-            "not among the trusted CAs",
         ),
     ];
     let config = setup.write_config();
@@ -301,4 +295,71 @@ fn check_warns_about_trusted_cas_without_a_crl() {
     let run = certgate(&["check", "-c", path_str(&config)]);
     assert_eq!(run.code, 0, "{run:?}");
     assert!(!run.stdout.contains("warning:"), "{}", run.stdout);
+}
+
+/// A CRL whose issuer is no trusted CA is an intermediate's: only the
+/// client presents that certificate, so webpki verifies the CRL at the
+/// handshake. It revokes what it lists; forged, it refuses the
+/// intermediate's clients as `bad_crl`, never as `revoked`.
+#[tokio::test(flavor = "multi_thread")]
+async fn intermediate_crls_are_verified_at_the_handshake() {
+    let mut setup = open_setup().await;
+    let intermediate = setup.ca.intermediate("certgate test intermediate CA");
+    let good = intermediate.issue(&LeafSpec::client("good"));
+    let revoked = intermediate.issue(&LeafSpec::client("revoked"));
+    write(
+        setup.path(),
+        "clients.crl.pem",
+        &intermediate.crl(&[&revoked]),
+    );
+    setup.client_auth = Some(CRL_AUTH.into());
+
+    let check = certgate(&["check", "-c", path_str(&setup.write_config())]);
+    assert_eq!(check.code, 0, "{check:?}");
+    assert!(
+        check.stdout.contains("CN=certgate test intermediate CA")
+            && check.stdout.contains("verified at each handshake"),
+        "{}",
+        check.stdout
+    );
+
+    let gw = setup.start();
+    assert_refused(
+        &gw,
+        &setup.client(&revoked),
+        "revoked",
+        "CertificateRevoked",
+    )
+    .await;
+    assert_eq!(
+        setup.client(&good).get(gw.addr, "/x").await.unwrap().status,
+        200
+    );
+
+    // The intermediate's name, another key: unusable, so nobody is revoked by it.
+    let impostor = impostor_ca("certgate test intermediate CA");
+    replace_atomically(
+        setup.path(),
+        "clients.crl.pem",
+        &intermediate.forged_crl(&impostor, &[&good]),
+    );
+    assert!(
+        eventually(Duration::from_secs(3), || gw
+            .metric("certgate_config_generation")
+            == 2.0),
+        "reloaded; logs:\n{}",
+        gw.logs()
+    );
+    let refused = setup.client(&good).get(gw.addr, "/x").await;
+    assert!(refused.is_err(), "{refused:?}");
+    assert!(
+        eventually(Duration::from_secs(3), || handshakes(&gw, "bad_crl") == 1.0),
+        "counted as bad_crl; metrics:\n{}",
+        gw.metrics()
+    );
+    assert_eq!(
+        handshakes(&gw, "revoked"),
+        1.0,
+        "only the listed client counted as revoked"
+    );
 }

@@ -5,7 +5,11 @@
 //!
 //! A CRL's issuer is the trusted CA with the CRL's issuer name (byte for
 //! byte, as webpki matches it) and, when both carry one, the subject key
-//! identifier the CRL's authority key identifier names. That CA must be
+//! identifier the CRL's authority key identifier names. A CRL whose issuer
+//! is no trusted CA is an intermediate CA's, whose certificate only the
+//! client presents: webpki verifies it against that certificate at the
+//! handshake, and one that does not verify refuses as `bad_crl`, never as
+//! `revoked`. `check` lists such CRLs. That CA must be
 //! allowed to sign CRLs, and the signature must verify with its key under
 //! one of the algorithms the handshake accepts (the crypto provider's
 //! webpki algorithms, verified by webpki).
@@ -24,8 +28,6 @@ use super::LoadError;
 pub enum CrlError {
     #[error("unreadable CRL: {0}")]
     Unparsable(#[from] nom::Err<X509Error>),
-    #[error("issued by {issuer}, which is not among the trusted CAs (client_auth.trusted_cas)")]
-    UntrustedIssuer { issuer: String },
     #[error("its authority key identifier matches none of the trusted CAs named {issuer}: it was signed with another key")]
     KeyIdMismatch { issuer: String },
     #[error("trusted CA {issuer} may not sign CRLs: its keyUsage lacks cRLSign")]
@@ -66,11 +68,18 @@ impl Ca<'_> {
     }
 }
 
-/// Verifies every CRL against the trusted CAs.
-///
-/// Returns the subjects (RFC 4514) of the trusted CAs that no CRL is
-/// issued by: with `unknown_revocation = "allow"` their clients are never
-/// revocation-checked.
+/// What the loaded CRLs cover, by subject (RFC 4514).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct CrlCoverage {
+    /// Trusted CAs that no CRL is issued by: with `unknown_revocation =
+    /// "allow"` their clients are never revocation-checked.
+    pub cas_without_crl: Vec<String>,
+    /// Issuers of CRLs that are not trusted CAs (intermediates): verified
+    /// at the handshake against the certificate the client presents.
+    pub intermediate_issuers: Vec<String>,
+}
+
+/// Verifies every CRL issued by a trusted CA against it.
 ///
 /// # Errors
 /// One [`LoadError`] per CRL that does not verify, naming its file and the
@@ -78,7 +87,7 @@ impl Ca<'_> {
 pub fn verify_crls(
     crls: &[(PathBuf, CertificateRevocationListDer<'static>)],
     cas: &[(PathBuf, CertificateDer<'static>)],
-) -> Result<Vec<String>, Vec<LoadError>> {
+) -> Result<CrlCoverage, Vec<LoadError>> {
     // A CA that x509-parser cannot read cannot be a rustls trust anchor
     // either; building the verifier reports it.
     let cas: Vec<Ca<'_>> = cas
@@ -90,10 +99,12 @@ pub fn verify_crls(
         })
         .collect();
     let mut covered = vec![false; cas.len()];
+    let mut intermediate_issuers = Vec::new();
     let mut problems = Vec::new();
     for (file, der) in crls {
         match issuers_of(der, &cas) {
-            Ok(verified) => verified.into_iter().for_each(|i| covered[i] = true),
+            Ok(Issuers::Trusted(verified)) => verified.into_iter().for_each(|i| covered[i] = true),
+            Ok(Issuers::Intermediate(issuer)) => intermediate_issuers.push(issuer),
             Err(e) => problems.push(LoadError::new(file, e.to_string())),
         }
     }
@@ -108,18 +119,30 @@ pub fn verify_crls(
         .collect();
     uncovered.sort();
     uncovered.dedup();
-    Ok(uncovered)
+    intermediate_issuers.sort();
+    intermediate_issuers.dedup();
+    Ok(CrlCoverage {
+        cas_without_crl: uncovered,
+        intermediate_issuers,
+    })
 }
 
-/// The indexes of the CAs in `cas` that `der` verifies against (never empty).
-fn issuers_of(der: &[u8], cas: &[Ca<'_>]) -> Result<Vec<usize>, CrlError> {
+/// Who issued a CRL.
+enum Issuers {
+    /// The indexes of the trusted CAs it verifies against (never empty).
+    Trusted(Vec<usize>),
+    /// No trusted CA has its issuer's name: this subject's.
+    Intermediate(String),
+}
+
+fn issuers_of(der: &[u8], cas: &[Ca<'_>]) -> Result<Issuers, CrlError> {
     let (_, crl) = CertificateRevocationList::from_der(der)?;
     let issuer = crate::identity::rfc4514(crl.issuer());
     let named: Vec<usize> = (0..cas.len())
         .filter(|&i| cas[i].cert.subject().as_raw() == crl.issuer().as_raw())
         .collect();
     if named.is_empty() {
-        return Err(CrlError::UntrustedIssuer { issuer });
+        return Ok(Issuers::Intermediate(issuer));
     }
     let authority_key_id = crl
         .extensions()
@@ -159,7 +182,7 @@ fn issuers_of(der: &[u8], cas: &[Ca<'_>]) -> Result<Vec<usize>, CrlError> {
     }
     match last_error {
         Some(e) if verified.is_empty() => Err(e),
-        _ => Ok(verified),
+        _ => Ok(Issuers::Trusted(verified)),
     }
 }
 
@@ -273,7 +296,7 @@ mod tests {
     fn check(
         crl: CertificateRevocationListDer<'static>,
         cas: &[&TestCa],
-    ) -> Result<Vec<String>, String> {
+    ) -> Result<CrlCoverage, String> {
         let crls = [(PathBuf::from("c.crl"), crl)];
         let cas: Vec<_> = cas
             .iter()
@@ -294,9 +317,14 @@ mod tests {
         ] {
             let issuer = ca("issuer", alg, true);
             let other = ca("other", &rcgen::PKCS_ECDSA_P256_SHA256, true);
-            let uncovered = check(crl(&issuer, KeyIdMethod::Sha256), &[&issuer, &other])
+            let coverage = check(crl(&issuer, KeyIdMethod::Sha256), &[&issuer, &other])
                 .unwrap_or_else(|e| panic!("{name}: {e}"));
-            assert_eq!(uncovered, vec!["CN=other".to_owned()], "{name}");
+            assert_eq!(
+                coverage.cas_without_crl,
+                vec!["CN=other".to_owned()],
+                "{name}"
+            );
+            assert!(coverage.intermediate_issuers.is_empty(), "{name}");
         }
     }
 
@@ -310,13 +338,12 @@ mod tests {
         let same_key = KeyPair::try_from(key.serialize_der().as_slice()).unwrap();
         let crl_signer = ca_with_key("issuer", key, true);
         let no_crl_sign = ca_with_key("issuer", same_key, false);
-        let stranger = ca("stranger", &rcgen::PKCS_ECDSA_P256_SHA256, true);
         let cases: [(
             &str,
             CertificateRevocationListDer<'static>,
             &[&TestCa],
             &str,
-        ); 4] = [
+        ); 3] = [
             (
                 "signed by another key",
                 crl(&look_alike, KeyIdMethod::PreSpecified(ski(&issuer))),
@@ -330,12 +357,6 @@ mod tests {
                 "authority key identifier matches none of the trusted CAs named CN=issuer",
             ),
             (
-                "issuer not trusted",
-                crl(&stranger, KeyIdMethod::Sha256),
-                &[&issuer],
-                "issued by CN=stranger, which is not among the trusted CAs",
-            ),
-            (
                 "issuer without cRLSign",
                 crl(&crl_signer, KeyIdMethod::Sha256),
                 &[&no_crl_sign],
@@ -346,6 +367,18 @@ mod tests {
             let err = check(crl, cas).expect_err(case);
             assert!(err.contains(reason), "{case}: {err}");
         }
+    }
+
+    #[test]
+    fn a_crl_of_an_issuer_that_is_no_trusted_ca_is_left_to_the_handshake() {
+        let root = ca("root", &rcgen::PKCS_ECDSA_P256_SHA256, true);
+        let intermediate = ca("intermediate", &rcgen::PKCS_ECDSA_P256_SHA256, true);
+        let coverage = check(crl(&intermediate, KeyIdMethod::Sha256), &[&root]).unwrap();
+        assert_eq!(
+            coverage.intermediate_issuers,
+            vec!["CN=intermediate".to_owned()]
+        );
+        assert_eq!(coverage.cas_without_crl, vec!["CN=root".to_owned()]);
     }
 
     #[test]
