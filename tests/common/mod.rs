@@ -185,6 +185,9 @@ pub struct LeafSpec {
     pub not_after: OffsetDateTime,
     /// Marks the leaf as a CA (basicConstraints CA:true).
     pub is_ca: bool,
+    /// Subject attributes added after the CN (so rendered before it), e.g. a
+    /// second CN as `DnType::CustomDnType(vec![2, 5, 4, 3])`.
+    pub extra_dn: Vec<(DnType, String)>,
 }
 
 impl LeafSpec {
@@ -203,6 +206,7 @@ impl LeafSpec {
             not_before: now - time::Duration::days(1),
             not_after: now + time::Duration::days(30),
             is_ca: false,
+            extra_dn: vec![],
         }
     }
 
@@ -230,6 +234,9 @@ impl LeafSpec {
             DnType::CommonName,
             rcgen::DnValue::Utf8String(self.cn.clone()),
         );
+        for (ty, value) in &self.extra_dn {
+            dn.push(ty.clone(), rcgen::DnValue::Utf8String(value.clone()));
+        }
         p.distinguished_name = dn;
         p.subject_alt_names = self
             .dns
