@@ -10,4 +10,4 @@ mod roles;
 pub use authz::{Authorizer, AuthzDefault, Decision, Route};
 pub use glob::Glob;
 pub use path::{normalize_path, NormalizedPath, PathError, PathParameters};
-pub use roles::{RoleMapper, RoleRule, Roles};
+pub use roles::{Ambiguity, RoleMapper, RoleRule, Roles};
