@@ -502,6 +502,18 @@ mod tests {
     }
 
     #[test]
+    fn odd_length_bmp_string_is_not_truncated() {
+        // Name ::= { { CN = BMPString 00 61 62 } }: a UTF-16 "a" and a stray
+        // byte, which must not render like CN=a.
+        let name = [
+            0x30, 0x0e, 0x31, 0x0c, 0x30, 0x0a, 0x06, 0x03, 0x55, 0x04, 0x03, 0x1e, 0x03, 0x00,
+            0x61, 0x62,
+        ];
+        let (_, name) = X509Name::from_der(&name).unwrap();
+        assert_eq!(rfc4514(&name), "CN=#1e03006162");
+    }
+
+    #[test]
     fn der_of_long_values_has_long_form_length() {
         let der = cert(|p| {
             p.distinguished_name.push(
