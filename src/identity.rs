@@ -4,6 +4,8 @@
 //!
 //! Every string here is header-safe: visible ASCII and spaces, with any other
 //! byte written as `\XX` (hex), so no certificate can inject a header line.
+//! The renderings are also unambiguous: a `\` in a value is escaped too, so
+//! two different certificates never render the same DN or SAN list.
 
 use std::fmt::Write as _;
 
@@ -92,9 +94,15 @@ impl Identity {
                 _ => {}
             }
         }
-        let mut spiffe = id.uri.iter().filter(|u| u.starts_with("spiffe://"));
+        let mut spiffe = san
+            .iter()
+            .flat_map(|s| s.value.general_names.iter())
+            .filter_map(|name| match name {
+                GeneralName::URI(v) if has_spiffe_scheme(v) => Some(*v),
+                _ => None,
+            });
         id.spiffe_id = match (spiffe.next(), spiffe.next()) {
-            (Some(one), None) => Some(one.clone()),
+            (Some(one), None) if is_spiffe_id(one) => Some(one.to_owned()),
             _ => None,
         };
         Ok(id)
@@ -120,7 +128,47 @@ impl Identity {
     }
 }
 
-/// A comma-separated list whose items cannot be confused with the separator.
+/// Whether `uri` is in the `spiffe` scheme, in any case: such a URI SAN
+/// counts towards "exactly one", valid or not.
+fn has_spiffe_scheme(uri: &str) -> bool {
+    uri.get(..9)
+        .is_some_and(|s| s.eq_ignore_ascii_case("spiffe://"))
+}
+
+/// A SPIFFE ID as the SPIFFE ID specification defines it: `spiffe://`, a
+/// lowercase trust domain of `[a-z0-9.-_]` (no port, no userinfo), then
+/// zero or more `/segment`s of `[A-Za-z0-9.-_]`, none empty, `.` or `..`;
+/// no percent-encoding, query or fragment, no trailing `/`.
+///
+/// ```
+/// use certgate::identity::is_spiffe_id;
+///
+/// assert!(is_spiffe_id("spiffe://acme.org/ns/pay/sa/billing"));
+/// assert!(!is_spiffe_id("spiffe://acme.org/ns/pay/../admin"));
+/// ```
+pub fn is_spiffe_id(uri: &str) -> bool {
+    /// The specification's limits on the whole ID and on the trust domain.
+    const MAX_ID: usize = 2048;
+    const MAX_TRUST_DOMAIN: usize = 255;
+    let Some(rest) = uri.strip_prefix("spiffe://") else {
+        return false;
+    };
+    let (trust_domain, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let td_char = |b: u8| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'.' | b'-' | b'_');
+    let segment_char = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_');
+    uri.len() <= MAX_ID
+        && !trust_domain.is_empty()
+        && trust_domain.len() <= MAX_TRUST_DOMAIN
+        && trust_domain.bytes().all(td_char)
+        && path
+            .split('/')
+            .skip(1)
+            .all(|segment| !matches!(segment, "" | "." | "..") && segment.bytes().all(segment_char))
+}
+
+/// A comma-separated list whose items cannot be confused with the separator:
+/// items come from [`escape_visible`], where every `\` starts a `\XX`
+/// escape, and a `,` inside an item is written `\2C`.
 pub fn join_list(values: &[String]) -> String {
     let mut out = String::new();
     for (i, v) in values.iter().enumerate() {
@@ -139,28 +187,56 @@ pub fn join_list(values: &[String]) -> String {
 
 fn attribute_values(name: &X509Name<'_>, oid: &oid_registry::Oid<'_>) -> Vec<String> {
     name.iter_by_oid(oid)
-        .map(|a| escape_visible(&attribute_text(a)))
+        .map(|a| match attribute_text(a) {
+            AttributeText::Text(s) => escape_visible(&s),
+            AttributeText::Der(hex) => hex,
+        })
         .collect()
 }
 
-/// The attribute as text: string types decoded, BMPString from UTF-16,
-/// anything else as `#` + hex of its content (RFC 4514 §2.4).
-fn attribute_text(attr: &AttributeTypeAndValue<'_>) -> String {
+/// An attribute value as RFC 4514 §2.4 writes it.
+enum AttributeText {
+    /// A string type, decoded (BMPString from UTF-16).
+    Text(String),
+    /// Anything else: `#` and the hex of the value's DER encoding (tag and
+    /// length included, so values of different types never look alike).
+    Der(String),
+}
+
+fn attribute_text(attr: &AttributeTypeAndValue<'_>) -> AttributeText {
     if let Ok(s) = attr.as_str() {
-        return s.to_owned();
+        return AttributeText::Text(s.to_owned());
     }
     let value = attr.attr_value();
-    if value.tag() == asn1_rs::Tag::BmpString {
+    if value.tag() == asn1_rs::Tag::BmpString && value.data.len() % 2 == 0 {
         let units: Vec<u16> = value
             .data
             .chunks_exact(2)
             .map(|c| u16::from_be_bytes([c[0], c[1]]))
             .collect();
         if let Ok(s) = String::from_utf16(&units) {
-            return s;
+            return AttributeText::Text(s);
         }
     }
-    format!("#{}", hex::encode(value.data))
+    AttributeText::Der(format!("#{}", hex::encode(der_of(value))))
+}
+
+/// The DER encoding of a parsed value, put back together from its tag bytes,
+/// content length and content (x509-parser keeps the content only).
+fn der_of(value: &asn1_rs::Any<'_>) -> Vec<u8> {
+    let len = value.data.len();
+    // asn1-rs keeps the identifier bytes of everything it parses.
+    let mut out = value.header.raw_tag().unwrap_or_default().to_vec();
+    if len < 0x80 {
+        out.push(len as u8);
+    } else {
+        let bytes = len.to_be_bytes();
+        let skip = bytes.iter().take_while(|b| **b == 0).count();
+        out.push(0x80 | (bytes.len() - skip) as u8);
+        out.extend_from_slice(&bytes[skip..]);
+    }
+    out.extend_from_slice(value.data);
+    out
 }
 
 fn short_name(oid: &oid_registry::Oid<'_>) -> Option<&'static str> {
@@ -197,11 +273,9 @@ pub fn rfc4514(name: &X509Name<'_>) -> String {
                 None => out.push_str(&attr.attr_type().to_id_string()),
             }
             out.push('=');
-            let text = attribute_text(attr);
-            if text.starts_with('#') && attr.as_str().is_err() {
-                out.push_str(&text);
-            } else {
-                escape_dn_value(&text, &mut out);
+            match attribute_text(attr) {
+                AttributeText::Text(text) => escape_dn_value(&text, &mut out),
+                AttributeText::Der(hex) => out.push_str(&hex),
             }
         }
     }
@@ -223,11 +297,15 @@ fn escape_dn_value(value: &str, out: &mut String) {
     }
 }
 
-/// Copies `value`, writing every byte that is not visible ASCII or space as `\XX`.
+/// Copies `value`, writing `\` and every byte that is not visible ASCII or
+/// space as `\XX`, so that every `\` in the result starts an escape.
 pub fn escape_visible(value: &str) -> String {
     let mut out = String::with_capacity(value.len());
     for c in value.chars() {
-        push_visible(c, &mut out);
+        match c {
+            '\\' => out.push_str("\\5C"),
+            c => push_visible(c, &mut out),
+        }
     }
     out
 }
@@ -338,6 +416,180 @@ mod tests {
     #[test]
     fn list_items_cannot_fake_separators() {
         assert_eq!(join_list(&["a,b".into(), "c".into()]), "a\\2Cb,c");
+        assert_eq!(
+            join_list(&[escape_visible("a\\2Cb"), "c".into()]),
+            "a\\5C2Cb,c"
+        );
+    }
+
+    #[test]
+    fn renderings_are_unambiguous() {
+        let uri = |u: &str| {
+            let der = cert(|p| p.subject_alt_names = vec![SanType::URI(u.try_into().unwrap())]);
+            Identity::from_der(&der).unwrap().uri
+        };
+        let subject = |values: Vec<(DnType, DnValue)>| {
+            let der = cert(|p| {
+                for (ty, v) in values {
+                    p.distinguished_name.push(ty, v);
+                }
+            });
+            Identity::from_der(&der).unwrap().subject
+        };
+        let utf8 = |s: &str| DnValue::Utf8String(s.into());
+        let cases: Vec<(&str, String, &str)> = vec![
+            (
+                "uri comma",
+                join_list(&uri("https://lab.test/a,b")),
+                "https://lab.test/a\\2Cb",
+            ),
+            (
+                "uri backslash",
+                join_list(&uri("https://lab.test/a\\2Cb")),
+                "https://lab.test/a\\5C2Cb",
+            ),
+            (
+                "dn backslash is not an escape",
+                subject(vec![(DnType::CommonName, utf8("\\C3\\A9"))]),
+                "CN=\\\\C3\\\\A9",
+            ),
+            (
+                "dn utf-8 is an escape",
+                subject(vec![(DnType::CommonName, utf8("é"))]),
+                "CN=\\C3\\A9",
+            ),
+            (
+                "dn comma in a value",
+                subject(vec![(DnType::CommonName, utf8("x,OU=admins"))]),
+                "CN=x\\,OU=admins",
+            ),
+            (
+                "dn plus in a value",
+                subject(vec![(DnType::CommonName, utf8("x+OU=admins"))]),
+                "CN=x\\+OU=admins",
+            ),
+            (
+                "dn value that looks like hex",
+                subject(vec![(DnType::CommonName, utf8("#14026162"))]),
+                "CN=\\#14026162",
+            ),
+            (
+                "dn string type without a decoder: DER with its tag",
+                subject(vec![(
+                    DnType::CommonName,
+                    DnValue::TeletexString("ab".try_into().unwrap()),
+                )]),
+                "CN=#14026162",
+            ),
+            (
+                "dn BMPString decoded",
+                subject(vec![(
+                    DnType::CommonName,
+                    DnValue::BmpString("ab".try_into().unwrap()),
+                )]),
+                "CN=ab",
+            ),
+            (
+                "dn type without a short name",
+                subject(vec![(DnType::CustomDnType(vec![1, 2, 3, 4]), utf8("x"))]),
+                "1.2.3.4=x",
+            ),
+        ];
+        for (case, got, expected) in cases {
+            assert_eq!(got, expected, "case {case}");
+        }
+    }
+
+    #[test]
+    fn odd_length_bmp_string_is_not_truncated() {
+        // Name ::= { { CN = BMPString 00 61 62 } }: a UTF-16 "a" and a stray
+        // byte, which must not render like CN=a.
+        let name = [
+            0x30, 0x0e, 0x31, 0x0c, 0x30, 0x0a, 0x06, 0x03, 0x55, 0x04, 0x03, 0x1e, 0x03, 0x00,
+            0x61, 0x62,
+        ];
+        let (_, name) = X509Name::from_der(&name).unwrap();
+        assert_eq!(rfc4514(&name), "CN=#1e03006162");
+    }
+
+    #[test]
+    fn der_of_long_values_has_long_form_length() {
+        let der = cert(|p| {
+            p.distinguished_name.push(
+                DnType::CommonName,
+                DnValue::TeletexString("a".repeat(200).as_str().try_into().unwrap()),
+            );
+        });
+        let subject = Identity::from_der(&der).unwrap().subject;
+        assert_eq!(subject, format!("CN=#1481c8{}", "61".repeat(200)));
+    }
+
+    #[test]
+    fn spiffe_id_table() {
+        let cases: &[(&str, bool)] = &[
+            ("spiffe://acme.org/ns/pay/sa/billing", true),
+            ("spiffe://acme.org", true),
+            ("spiffe://a-b_c.0/A.b-C_9", true),
+            ("spiffe://td/ns/prod/../../admin", false),
+            ("spiffe://td/ns/./x", false),
+            ("spiffe://td/ns//x", false),
+            ("spiffe://td/ns/", false),
+            ("spiffe://td/", false),
+            ("spiffe://", false),
+            ("spiffe:///ns", false),
+            ("spiffe://TD/ns", false),
+            ("SPIFFE://td/ns", false),
+            ("spiffe://td:443/ns", false),
+            ("spiffe://user@td/ns", false),
+            ("spiffe://td/ns%2Fx", false),
+            ("spiffe://td/ns?x=1", false),
+            ("spiffe://td/ns#x", false),
+            ("spiffe://td/n s", false),
+            ("spiffe://td/n\\s", false),
+            ("spiffe://td/né", false),
+            ("https://td/ns", false),
+        ];
+        for (uri, expected) in cases {
+            assert_eq!(is_spiffe_id(uri), *expected, "{uri}");
+        }
+        let long_domain = format!("spiffe://{}/x", "a".repeat(256));
+        assert!(!is_spiffe_id(&long_domain), "trust domain over 255 bytes");
+        let long_id = format!("spiffe://td/{}", "a".repeat(2048));
+        assert!(!is_spiffe_id(&long_id), "id over 2048 bytes");
+    }
+
+    #[test]
+    fn spiffe_id_needs_exactly_one_valid_spiffe_uri() {
+        let spiffe_id = |uris: &[&str]| {
+            let der = cert(|p| {
+                p.subject_alt_names = uris
+                    .iter()
+                    .map(|u| SanType::URI((*u).try_into().unwrap()))
+                    .collect();
+            });
+            Identity::from_der(&der).unwrap().spiffe_id
+        };
+        let cases: &[(&str, &[&str], Option<&str>)] = &[
+            (
+                "one valid",
+                &["spiffe://a/x", "https://a/x"],
+                Some("spiffe://a/x"),
+            ),
+            ("one invalid", &["spiffe://a/../x"], None),
+            (
+                "valid and invalid",
+                &["spiffe://a/x", "spiffe://a/%78"],
+                None,
+            ),
+            (
+                "valid and uppercase scheme",
+                &["spiffe://a/x", "SPIFFE://a/y"],
+                None,
+            ),
+        ];
+        for (case, uris, expected) in cases {
+            assert_eq!(spiffe_id(uris).as_deref(), *expected, "case {case}");
+        }
     }
 
     #[test]

@@ -214,6 +214,15 @@ pub fn explain(
     if roles.matched_rules.is_empty() {
         let _ = writeln!(out, "matched rules: none");
     }
+    for (i, rule) in state.roles.rules().iter().enumerate() {
+        if let Some(ambiguity) = rule.ambiguity(&identity) {
+            let _ = writeln!(
+                out,
+                "map[{i}]: {ambiguity}, the rule grants nothing: {}",
+                rule.describe()
+            );
+        }
+    }
     let _ = writeln!(out, "roles:       [{}]", roles.joined());
 
     // The gateway authorizes the path alone; a query string never matters.

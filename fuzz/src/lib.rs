@@ -5,16 +5,23 @@
 //!
 //! Beyond "does not panic", each target checks the properties the gateway
 //! relies on: a loaded config has absolute paths and non-zero limits;
-//! identity strings are safe header values; glob and role matching agree
-//! with a slow reference implementation; a normalized path is a fixed point
-//! with no empty, `.` or `..` segments and no escaped separators.
+//! identity strings are safe header values; two different names never
+//! render the same DN; glob and role matching agree with a slow reference
+//! implementation; a normalized path is a fixed point with no empty, `.` or
+//! `..` segments and no escaped separators, and a servlet container routes
+//! the forwarded path to the path the gate authorized.
 
 use std::path::Path;
 
 use arbitrary::Unstructured;
 use certgate::config::Config;
 use certgate::identity::Identity;
-use certgate::policy::{Glob, RoleMapper, RoleRule};
+use certgate::policy::{Glob, PathParameters, RoleMapper, RoleRule};
+use x509_parser::prelude::{FromDer, X509Name};
+
+/// The servlet container model the integration tests' upstream uses.
+#[path = "../../tests/common/servlet.rs"]
+mod servlet;
 
 /// `certgate::config::Config::from_toml`. Input: TOML text, optionally
 /// followed by a NUL and `SECTION__KEY=value` lines used as
@@ -136,9 +143,10 @@ fn role_match_inner(u: &mut Unstructured<'_>) -> arbitrary::Result<()> {
 }
 
 /// A short string over an alphabet that makes matches likely: letters in
-/// both cases, `*`, `.` and a non-ASCII letter.
+/// both cases, `*`, `.`, a non-ASCII letter, and what DNs escape and
+/// separate with.
 fn small_string(u: &mut Unstructured<'_>) -> arbitrary::Result<String> {
-    const ALPHABET: [char; 7] = ['a', 'b', 'A', 'B', '*', '.', 'é'];
+    const ALPHABET: [char; 10] = ['a', 'b', 'A', 'B', '*', '.', 'é', ',', '+', '\\'];
     let len = u.int_in_range(0..=12)?;
     (0..len)
         .map(|_| Ok(ALPHABET[u.int_in_range(0..=ALPHABET.len() - 1)?]))
@@ -189,12 +197,21 @@ fn arbitrary_rule(u: &mut Unstructured<'_>) -> arbitrary::Result<RoleRule> {
             .collect::<arbitrary::Result<Vec<_>>>()
             .map(Some)
     };
+    let dn_matcher = |u: &mut Unstructured<'_>| -> arbitrary::Result<Option<Vec<Glob>>> {
+        if u.ratio(2, 3)? {
+            return Ok(None);
+        }
+        (0..u.int_in_range(0..=2)?)
+            .map(|_| Ok(Glob::dn(&small_string(u)?)))
+            .collect::<arbitrary::Result<Vec<_>>>()
+            .map(Some)
+    };
     Ok(RoleRule {
         roles: role_names(u)?,
         cn: matcher(u)?,
         ou: matcher(u)?,
         o: matcher(u)?,
-        subject: matcher(u)?,
+        subject: dn_matcher(u)?,
         issuer_cn: matcher(u)?,
         dns: matcher(u)?,
         uri: matcher(u)?,
@@ -205,8 +222,20 @@ fn arbitrary_rule(u: &mut Unstructured<'_>) -> arbitrary::Result<RoleRule> {
     })
 }
 
-/// A rule matches when every matcher it has matches some value of its field.
+/// A rule matches when every matcher it has matches some value of its
+/// field, and no single-valued field it names has several values.
 fn reference_rule_matches(rule: &RoleRule, id: &Identity) -> bool {
+    let single = [
+        (&rule.cn, &id.cn),
+        (&rule.o, &id.o),
+        (&rule.issuer_cn, &id.issuer_cn),
+    ];
+    if single
+        .iter()
+        .any(|(m, values)| m.is_some() && values.len() > 1)
+    {
+        return false;
+    }
     let matchers = [
         ("cn", &rule.cn),
         ("ou", &rule.ou),
@@ -223,11 +252,39 @@ fn reference_rule_matches(rule: &RoleRule, id: &Identity) -> bool {
     matchers.iter().all(|(field, patterns)| match patterns {
         None => true,
         Some(patterns) => id.field_values(field).any(|v| {
-            patterns
-                .iter()
-                .any(|p| reference_match(p.as_str(), v, is_ci(p)))
+            patterns.iter().any(|p| {
+                if *field == "subject" {
+                    reference_dn_match(p.as_str(), v)
+                } else {
+                    reference_match(p.as_str(), v, is_ci(p))
+                }
+            })
         }),
     })
+}
+
+/// DN matching by its definition: pattern and DN cut at the separators no
+/// `\\` escapes, the same separators in the same places, and each
+/// attribute's pattern matching that attribute.
+fn reference_dn_match(pattern: &str, dn: &str) -> bool {
+    fn cut(s: &str) -> Vec<(char, String)> {
+        let mut out = vec![(' ', String::new())];
+        let mut escaped = false;
+        for c in s.chars() {
+            if !escaped && (c == ',' || c == '+') {
+                out.push((c, String::new()));
+            } else {
+                out.last_mut().unwrap().1.push(c);
+            }
+            escaped = !escaped && c == '\\';
+        }
+        out
+    }
+    let (p, d) = (cut(pattern), cut(dn));
+    p.len() == d.len()
+        && p.iter()
+            .zip(&d)
+            .all(|((ps, pa), (ds, da))| ps == ds && reference_match(pa, da, false))
 }
 
 /// Whether a compiled glob folds case: `Glob` keeps the flag private, but a
@@ -267,27 +324,36 @@ fn reference_match(pattern: &str, value: &str, ci: bool) -> bool {
     row[v.len()]
 }
 
-/// `certgate::policy::normalize_path` on arbitrary text.
+/// `certgate::policy::normalize_path` on arbitrary text, in both
+/// `path_parameters` modes.
 pub fn normalize_path(data: &[u8]) {
     let Ok(input) = std::str::from_utf8(data) else {
         return;
     };
-    let Ok(out) = certgate::policy::normalize_path(input) else {
-        return;
-    };
-    assert_normal(input, &out);
-    // Targets hyper accepts must normalize to targets the upstream request
-    // can carry (the service rebuilds its URI from the output).
-    if http::uri::PathAndQuery::try_from(input).is_ok_and(|pq| pq.path() == input) {
-        assert!(
-            http::uri::PathAndQuery::try_from(&*out).is_ok(),
-            "{input:?} normalized to {out:?}, not a valid URI path"
-        );
+    for params in [PathParameters::Reject, PathParameters::Allow] {
+        let Ok(out) = certgate::policy::normalize_path(input, params) else {
+            continue;
+        };
+        assert!(!out.path.contains(';'), "parameters authorized: {out:?}");
+        if params == PathParameters::Reject {
+            assert_eq!(out.forwarded(), out.path, "{input:?}: forwarded differs");
+        }
+        for normal in [&*out.path, out.forwarded()] {
+            assert_normal(input, normal, params);
+        }
+        // Targets hyper accepts must normalize to targets the upstream
+        // request can carry (the service rebuilds its URI from the output).
+        if http::uri::PathAndQuery::try_from(input).is_ok_and(|pq| pq.path() == input) {
+            assert!(
+                http::uri::PathAndQuery::try_from(out.forwarded()).is_ok(),
+                "{input:?} normalized to {out:?}, not a valid URI path"
+            );
+        }
     }
 }
 
-fn assert_normal(input: &str, out: &str) {
-    let ctx = format!("{input:?} -> {out:?}");
+fn assert_normal(input: &str, out: &str, params: PathParameters) {
+    let ctx = format!("{input:?} -> {out:?} ({params:?})");
     assert!(out.starts_with('/'), "not absolute: {ctx}");
     assert!(!out.contains("//"), "empty segment: {ctx}");
     assert!(!out.contains('\\'), "backslash: {ctx}");
@@ -314,10 +380,207 @@ fn assert_normal(input: &str, out: &str) {
         );
     }
     assert_eq!(
-        certgate::policy::normalize_path(out).as_deref(),
+        certgate::policy::normalize_path(out, params)
+            .as_ref()
+            .map(|n| n.forwarded()),
         Ok(out),
         "not idempotent: {ctx}"
     );
+}
+
+/// Differential: for every request target the gate accepts, a servlet
+/// container (`servlet::servlet_route`) routes the target the upstream
+/// receives to the path the gate authorized, decoded the same way. As in
+/// the request service, the path is normalized and the query passed on.
+pub fn path_differential(data: &[u8]) {
+    let Ok(input) = std::str::from_utf8(data) else {
+        return;
+    };
+    let (path, query) = match input.split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (input, None),
+    };
+    for params in [PathParameters::Reject, PathParameters::Allow] {
+        let Ok(out) = certgate::policy::normalize_path(path, params) else {
+            continue;
+        };
+        let target = match query {
+            Some(q) => format!("{}?{q}", out.forwarded()),
+            None => out.forwarded().to_owned(),
+        };
+        let routed = servlet::servlet_route(&target);
+        let authorized = servlet::servlet_route(&out.path);
+        assert_eq!(
+            routed.as_deref().map(String::from_utf8_lossy),
+            authorized.as_deref().map(String::from_utf8_lossy),
+            "{input:?} ({params:?}): upstream routes {target:?}, gate authorized {:?}",
+            out.path
+        );
+    }
+}
+
+/// `certgate::identity::rfc4514`: two names built from the input, the
+/// second a variation of the first, render the same string only if they
+/// hold the same attributes in the same RDNs. Every rendering is a header
+/// value.
+pub fn dn_render(data: &[u8]) {
+    let mut u = Unstructured::new(data);
+    let Ok((a, b)) = two_names(&mut u) else {
+        return;
+    };
+    let (da, db) = (name_der(&a), name_der(&b));
+    let (Ok((_, na)), Ok((_, nb))) = (X509Name::from_der(&da), X509Name::from_der(&db)) else {
+        return;
+    };
+    let (ra, rb) = (
+        certgate::identity::rfc4514(&na),
+        certgate::identity::rfc4514(&nb),
+    );
+    for r in [&ra, &rb] {
+        assert!(
+            http::HeaderValue::from_str(r).is_ok(),
+            "not a header value: {r:?}"
+        );
+    }
+    if ra == rb {
+        assert_eq!(
+            meaning(&na),
+            meaning(&nb),
+            "different names render the same {ra:?}: {a:?} / {b:?}"
+        );
+    }
+}
+
+/// One attribute as built: OID arcs, universal tag number, content bytes.
+type Ava = (&'static [u64], u64, Vec<u8>);
+/// A name as built: its RDNs, each one or more attributes.
+type Name = Vec<Vec<Ava>>;
+/// An attribute as parsed: its OID, and its text or (tag, content).
+type Meaning = (String, Result<String, (u32, Vec<u8>)>);
+
+/// Attribute types with and without RFC 4514 short names.
+const OIDS: [&[u64]; 6] = [
+    &[2, 5, 4, 3],
+    &[2, 5, 4, 11],
+    &[2, 5, 4, 10],
+    &[0, 9, 2342, 19200300, 100, 1, 1],
+    &[1, 2, 3, 4],
+    &[2, 5, 4, 3, 1],
+];
+/// UTF8String, PrintableString, IA5String, BMPString, TeletexString,
+/// NumericString, OCTET STRING, UniversalString.
+const TAGS: [u64; 8] = [12, 19, 22, 30, 20, 18, 4, 28];
+/// Bytes that escaping and decoding care about.
+const BYTES: [u8; 20] = [
+    b'a', b'A', b'2', b'C', b',', b'+', b'\\', b'#', b' ', b'=', b'"', b';', b'<', 0xc3, 0xa9,
+    0x00, 0x0a, 0xff, 0x5c, 0x30,
+];
+
+fn two_names(u: &mut Unstructured<'_>) -> arbitrary::Result<(Name, Name)> {
+    let ava = |u: &mut Unstructured<'_>| -> arbitrary::Result<Ava> {
+        let value = (0..u.int_in_range(0..=6)?)
+            .map(|_| Ok(BYTES[u.choose_index(BYTES.len())?]))
+            .collect::<arbitrary::Result<_>>()?;
+        Ok((*u.choose(&OIDS)?, *u.choose(&TAGS)?, value))
+    };
+    let mut a = Vec::new();
+    for _ in 0..u.int_in_range(0..=3)? {
+        let mut rdn = vec![ava(u)?];
+        while rdn.len() < 3 && u.ratio(1, 4)? {
+            rdn.push(ava(u)?);
+        }
+        a.push(rdn);
+    }
+    // The second name: the first with a few edits that keep it close.
+    let mut b = a.clone();
+    for _ in 0..u.int_in_range(1..=3)? {
+        let Some(i) = (!b.is_empty())
+            .then(|| u.choose_index(b.len()))
+            .transpose()?
+        else {
+            b.push(vec![ava(u)?]);
+            continue;
+        };
+        let j = u.choose_index(b[i].len())?;
+        match u.int_in_range(0..=6)? {
+            0 => b[i][j].1 = *u.choose(&TAGS)?,
+            1 => b[i][j].0 = *u.choose(&OIDS)?,
+            2 => b[i][j].2 = ava(u)?.2,
+            3 if b[i].len() > 1 => {
+                // A multi-valued RDN split in two.
+                let moved = b[i].remove(j);
+                b.insert(i + 1, vec![moved]);
+            }
+            4 if i + 1 < b.len() => {
+                // Two RDNs merged into one multi-valued RDN.
+                let next = b.remove(i + 1);
+                b[i].extend(next);
+            }
+            5 => {
+                let v = &mut b[i][j].2;
+                let at = u.int_in_range(0..=v.len())?;
+                v.insert(at, BYTES[u.choose_index(BYTES.len())?]);
+            }
+            _ => b[i].push(ava(u)?),
+        }
+    }
+    Ok((a, b))
+}
+
+/// The DER `Name`, written with yasna (a SET OF is sorted, as DER wants).
+fn name_der(name: &[Vec<Ava>]) -> Vec<u8> {
+    yasna::construct_der(|w| {
+        w.write_sequence_of(|w| {
+            for rdn in name {
+                w.next().write_set_of(|w| {
+                    for (oid, tag, value) in rdn {
+                        w.next().write_sequence(|w| {
+                            w.next()
+                                .write_oid(&yasna::models::ObjectIdentifier::from_slice(oid));
+                            w.next().write_tagged_implicit(
+                                yasna::Tag {
+                                    tag_class: yasna::TagClass::Universal,
+                                    tag_number: *tag,
+                                },
+                                |w| w.write_bytes(value),
+                            );
+                        });
+                    }
+                });
+            }
+        })
+    })
+}
+
+/// What a parsed name says: per RDN, per attribute, its type and either
+/// its text (string types that decode: the ones x509-parser reads as
+/// `str`, and BMPString as UTF-16) or its tag and bytes.
+fn meaning(name: &X509Name<'_>) -> Vec<Vec<Meaning>> {
+    use x509_parser::der_parser::asn1_rs::Tag;
+    name.iter_rdn()
+        .map(|rdn| {
+            rdn.iter()
+                .map(|attr| {
+                    let v = attr.attr_value();
+                    let text = match attr.as_str() {
+                        Ok(s) => Some(s.to_owned()),
+                        Err(_) if v.tag() == Tag::BmpString && v.data.len() % 2 == 0 => {
+                            char::decode_utf16(
+                                v.data.chunks(2).map(|c| u16::from_be_bytes([c[0], c[1]])),
+                            )
+                            .collect::<Result<String, _>>()
+                            .ok()
+                        }
+                        Err(_) => None,
+                    };
+                    (
+                        attr.attr_type().to_id_string(),
+                        text.ok_or_else(|| (v.tag().0, v.data.to_vec())),
+                    )
+                })
+                .collect()
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -361,6 +624,16 @@ mod tests {
     #[test]
     fn normalize_path_seeds() {
         replay("normalize_path", super::normalize_path);
+    }
+
+    #[test]
+    fn path_differential_seeds() {
+        replay("path_differential", super::path_differential);
+    }
+
+    #[test]
+    fn dn_render_seeds() {
+        replay("dn_render", super::dn_render);
     }
 
     #[test]

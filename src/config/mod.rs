@@ -831,7 +831,9 @@ impl RoleRule {
             cn: globs(raw.cn, false),
             ou: globs(raw.ou, false),
             o: globs(raw.o, false),
-            subject: globs(raw.subject, false),
+            subject: raw
+                .subject
+                .map(|v| v.into_vec().iter().map(|p| Glob::dn(p)).collect()),
             issuer_cn: globs(raw.issuer_cn, false),
             dns: globs(raw.dns, true),
             uri: globs(raw.uri, false),

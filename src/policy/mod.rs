@@ -10,7 +10,7 @@ mod roles;
 pub use authz::{Authorizer, AuthzDefault, Decision, Route};
 pub use glob::Glob;
 pub use path::{normalize_path, NormalizedPath, PathError, PathParameters};
-pub use roles::{RoleMapper, RoleRule, Roles};
+pub use roles::{Ambiguity, RoleMapper, RoleRule, Roles};
 
 /// Roles travel in a comma-separated header, so they must be plain tokens.
 pub fn valid_role(role: &str) -> bool {

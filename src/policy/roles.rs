@@ -1,5 +1,8 @@
 //! Certificate identity → roles: `roles.default` plus the roles of every
 //! `[[roles.map]]` rule whose matchers all match (union across rules).
+//! A rule on a single-valued field (`cn`, `o`, `issuer_cn`, `serial`,
+//! `fingerprint_sha256`) is ambiguous for a certificate that carries that
+//! field more than once, and grants nothing to it.
 
 use std::sync::Arc;
 
@@ -49,12 +52,25 @@ impl RoleRule {
     }
 
     pub fn matches(&self, id: &Identity) -> bool {
-        self.matchers().all(|(field, patterns)| match patterns {
-            None => true,
-            Some(patterns) => id
-                .field_values(field)
-                .any(|value| patterns.iter().any(|p| p.matches(value))),
-        })
+        self.ambiguity(id).is_none()
+            && self.matchers().all(|(field, patterns)| match patterns {
+                None => true,
+                Some(patterns) => id
+                    .field_values(field)
+                    .any(|value| patterns.iter().any(|p| p.matches(value))),
+            })
+    }
+
+    /// The first single-valued field this rule matches on that `id` carries
+    /// more than once: which of the values the rule meant is unknowable, so
+    /// the rule does not grant.
+    pub fn ambiguity(&self, id: &Identity) -> Option<Ambiguity> {
+        self.matchers()
+            .filter(|(field, patterns)| patterns.is_some() && SINGLE_VALUED.contains(field))
+            .find_map(|(field, _)| {
+                let values = id.field_values(field).count();
+                (values > 1).then_some(Ambiguity { field, values })
+            })
     }
 
     /// The rule as the operator wrote it, for `explain` and logs.
@@ -69,6 +85,33 @@ impl RoleRule {
             .collect();
         parts.push(format!("=> {}", self.roles.join(",")));
         parts.join(" ")
+    }
+}
+
+/// Fields a certificate is expected to carry once.
+const SINGLE_VALUED: [&str; 5] = ["cn", "o", "issuer_cn", "serial", "fingerprint_sha256"];
+
+/// A rule that does not grant because the certificate carries one of its
+/// single-valued fields several times.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ambiguity {
+    pub field: &'static str,
+    pub values: usize,
+}
+
+impl std::fmt::Display for Ambiguity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let name = match self.field {
+            "cn" => "CN",
+            "o" => "O",
+            "issuer_cn" => "issuer CN",
+            other => other,
+        };
+        write!(
+            f,
+            "ambiguous: certificate has {} {name} values",
+            self.values
+        )
     }
 }
 
@@ -235,10 +278,18 @@ mod tests {
             (
                 "subject whole dn",
                 RoleRule {
-                    subject: g("CN=billing-api,*"),
+                    subject: Some(vec![Glob::dn("CN=billing-api,*,*")]),
                     ..rule(&["R"])
                 },
                 true,
+            ),
+            (
+                "subject star stays in one rdn",
+                RoleRule {
+                    subject: Some(vec![Glob::dn("CN=billing-api,*")]),
+                    ..rule(&["R"])
+                },
+                false,
             ),
             (
                 "issuer cn",
@@ -330,6 +381,70 @@ mod tests {
                 "case {name}: {}",
                 rule.describe()
             );
+        }
+    }
+
+    #[test]
+    fn single_valued_field_carried_twice_is_ambiguous() {
+        let mut twice = id();
+        twice.cn = vec!["nobody".into(), "billing-api".into()];
+        twice.o = vec!["Acme".into(), "Evil".into()];
+        twice.issuer_cn = vec!["x".into(), "Acme Clients CA".into()];
+        let cases: Vec<(&str, RoleRule, Option<&str>)> = vec![
+            (
+                "cn",
+                RoleRule {
+                    cn: g("billing-api"),
+                    ..rule(&["R"])
+                },
+                Some("ambiguous: certificate has 2 CN values"),
+            ),
+            (
+                "cn with a pattern matching both",
+                RoleRule {
+                    cn: g("*"),
+                    ..rule(&["R"])
+                },
+                Some("ambiguous: certificate has 2 CN values"),
+            ),
+            (
+                "o",
+                RoleRule {
+                    o: g("Acme"),
+                    ..rule(&["R"])
+                },
+                Some("ambiguous: certificate has 2 O values"),
+            ),
+            (
+                "issuer cn",
+                RoleRule {
+                    issuer_cn: g("Acme Clients CA"),
+                    ..rule(&["R"])
+                },
+                Some("ambiguous: certificate has 2 issuer CN values"),
+            ),
+            (
+                "ou is multi-valued",
+                RoleRule {
+                    ou: g("payments"),
+                    ..rule(&["R"])
+                },
+                None,
+            ),
+            (
+                "a rule without the field does not care",
+                RoleRule {
+                    dns: gi("billing.internal"),
+                    ..rule(&["R"])
+                },
+                None,
+            ),
+        ];
+        for (name, rule, ambiguity) in cases {
+            let got = rule.ambiguity(&twice).map(|a| a.to_string());
+            assert_eq!(got.as_deref(), ambiguity, "case {name}");
+            assert_eq!(rule.matches(&twice), ambiguity.is_none(), "case {name}");
+            assert!(rule.matches(&id()), "case {name}: single values match");
         }
     }
 

@@ -223,6 +223,9 @@ pub struct LeafSpec {
     pub is_ca: bool,
     /// The keyUsage bits; `None` is `[DigitalSignature]` (see [`LeafSpec::with_key_usages`]).
     pub key_usages: Option<Vec<KeyUsagePurpose>>,
+    /// Subject attributes added after the CN (so rendered before it), e.g. a
+    /// second CN as `DnType::CustomDnType(vec![2, 5, 4, 3])`.
+    pub extra_dn: Vec<(DnType, String)>,
 }
 
 impl LeafSpec {
@@ -242,6 +245,7 @@ impl LeafSpec {
             not_after: now + time::Duration::days(30),
             is_ca: false,
             key_usages: None,
+            extra_dn: vec![],
         }
     }
 
@@ -278,6 +282,9 @@ impl LeafSpec {
             DnType::CommonName,
             rcgen::DnValue::Utf8String(self.cn.clone()),
         );
+        for (ty, value) in &self.extra_dn {
+            dn.push(ty.clone(), rcgen::DnValue::Utf8String(value.clone()));
+        }
         p.distinguished_name = dn;
         p.subject_alt_names = self
             .dns
