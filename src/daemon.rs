@@ -192,28 +192,46 @@ async fn drain(
     }
 }
 
+/// Why the listeners could not be set up.
+#[derive(Debug, thiserror::Error)]
+enum BindError {
+    #[error("cannot use sockets passed by systemd: {0}")]
+    Activation(std::io::Error),
+    #[error("{which} socket from systemd: {error}")]
+    ActivatedSocket {
+        which: &'static str,
+        error: std::io::Error,
+    },
+    #[error("cannot listen on {addr} ({key}): {error}")]
+    Listen {
+        addr: SocketAddr,
+        key: &'static str,
+        error: std::io::Error,
+    },
+}
+
 /// The mTLS and admin listeners: from systemd socket activation when
 /// `LISTEN_FDS` is set, else bound to the configured addresses.
-async fn bind(cfg: &Config) -> Result<(TcpListener, Option<TcpListener>), String> {
-    let activated = systemd::activated_listeners()
-        .map_err(|e| format!("cannot use sockets passed by systemd: {e}"))?;
+async fn bind(cfg: &Config) -> Result<(TcpListener, Option<TcpListener>), BindError> {
+    let activated = systemd::activated_listeners().map_err(BindError::Activation)?;
     let mut activated = activated.into_iter();
+    let from_systemd = |socket, which| {
+        TcpListener::from_std(socket).map_err(|error| BindError::ActivatedSocket { which, error })
+    };
     let listener = match activated.next() {
-        Some(l) => TcpListener::from_std(l).map_err(|e| format!("socket from systemd: {e}"))?,
+        Some(l) => from_systemd(l, "mTLS")?,
         None => bind_addr(cfg.listener.address, "listener.address").await?,
     };
     let admin = match (activated.next(), cfg.admin.address) {
-        (Some(l), _) => {
-            Some(TcpListener::from_std(l).map_err(|e| format!("admin socket from systemd: {e}"))?)
-        }
+        (Some(l), _) => Some(from_systemd(l, "admin")?),
         (None, Some(addr)) => Some(bind_addr(addr, "admin.address").await?),
         (None, None) => None,
     };
     Ok((listener, admin))
 }
 
-async fn bind_addr(addr: SocketAddr, key: &str) -> Result<TcpListener, String> {
+async fn bind_addr(addr: SocketAddr, key: &'static str) -> Result<TcpListener, BindError> {
     TcpListener::bind(addr)
         .await
-        .map_err(|e| format!("cannot listen on {addr} ({key}): {e}"))
+        .map_err(|error| BindError::Listen { addr, key, error })
 }

@@ -5,35 +5,27 @@
 
 use std::fmt::Write as _;
 use std::path::Path;
-use std::sync::Arc;
 
 use http::Method;
 use rustls::pki_types::UnixTime;
 
-use crate::config::{Config, TlsVersion, Toggle};
+use crate::config::{TlsVersion, Toggle};
 use crate::identity::Identity;
 use crate::policy::{normalize_path, AuthzDefault, Decision, Roles, Route};
-use crate::proxy::{INTERNAL_PREFIX, WHOAMI};
-use crate::state::State;
+use crate::proxy::{self, Verdict};
+use crate::state::{LoadFailure, State};
 use crate::tls::{load, verify::classify_rustls};
 
 /// Server certificates expiring sooner than this are flagged by `check`.
 const EXPIRY_WARNING_DAYS: i64 = 30;
 
-/// Loads the config and every file it names.
+/// Loads the config and every file it names, as `run` does.
 ///
 /// # Errors
-/// A printable description of every problem (config keys or files).
-pub fn load(path: &Path) -> Result<State, String> {
-    let config = Config::load(path).map_err(|e| e.to_string())?;
+/// Every problem with the config keys or the files.
+pub fn load(path: &Path) -> Result<State, LoadFailure> {
     crate::tls::install_provider();
-    State::build(Arc::new(config), 1).map_err(|e| {
-        let mut msg = format!("invalid configuration {}:", path.display());
-        for p in &e.problems {
-            let _ = write!(msg, "\n  - {p}");
-        }
-        msg
-    })
+    State::load(path, 1)
 }
 
 /// The summary `check` prints for a valid configuration.
@@ -155,6 +147,21 @@ pub struct Explanation {
     pub allowed: bool,
 }
 
+/// Why `explain` could not judge its input (refusals are part of the
+/// report, not errors).
+#[derive(Debug, thiserror::Error)]
+pub enum ExplainError {
+    #[error("--method {0:?} is not an HTTP method")]
+    BadMethod(String),
+    #[error(transparent)]
+    Certificate(#[from] load::LoadError),
+    #[error("{}: {error}", .file.display())]
+    Identity {
+        file: std::path::PathBuf,
+        error: crate::identity::IdentityError,
+    },
+}
+
 /// Verifies `cert_file` (a PEM chain, leaf first) as the gateway would and
 /// decides `method path` for it.
 ///
@@ -166,14 +173,16 @@ pub fn explain(
     cert_file: &Path,
     path: &str,
     method: &str,
-) -> Result<Explanation, String> {
+) -> Result<Explanation, ExplainError> {
     // Uppercased for convenience (`--method post`); the gateway itself
     // compares methods exactly as the client sent them.
     let method = Method::from_bytes(method.to_ascii_uppercase().as_bytes())
-        .map_err(|_| format!("--method {method:?} is not an HTTP method"))?;
-    let chain = load::load_cert_chain(cert_file).map_err(|e| e.to_string())?;
-    let identity =
-        Identity::from_der(&chain[0]).map_err(|e| format!("{}: {e}", cert_file.display()))?;
+        .map_err(|_| ExplainError::BadMethod(method.to_owned()))?;
+    let chain = load::load_cert_chain(cert_file)?;
+    let identity = Identity::from_der(&chain[0]).map_err(|error| ExplainError::Identity {
+        file: cert_file.to_path_buf(),
+        error,
+    })?;
     let mut out = identity_report(&identity);
 
     if let Err(e) = state
@@ -266,40 +275,35 @@ fn identity_report(identity: &Identity) -> String {
     out
 }
 
-/// The gateway's decision for a normalized path: internal endpoints are
-/// answered before authorization (as the request service does), every
-/// other path by the authorization rules.
+/// The gateway's verdict for a normalized path, in words.
 fn decide(state: &State, path: &str, method: &Method, roles: &Roles) -> (bool, String) {
-    if path.starts_with(INTERNAL_PREFIX) {
-        return if path == WHOAMI && (method == Method::GET || method == Method::HEAD) {
-            (
-                true,
-                "ALLOW (built-in endpoint, open to any verified client)".into(),
-            )
-        } else {
-            (false, "DENY (404: no such gateway endpoint)".into())
-        };
-    }
     let routes = state.authz.routes();
-    match state.authz.authorize(path, method.as_str(), roles) {
-        Decision::Allow { rule: Some(i) } => (
+    match proxy::decide(state, path, method, roles) {
+        Verdict::Whoami => (
+            true,
+            "ALLOW (built-in endpoint, open to any verified client)".into(),
+        ),
+        Verdict::NoSuchEndpoint => (false, "DENY (404: no such gateway endpoint)".into()),
+        Verdict::Rules(Decision::Allow { rule: Some(i) }) => (
             true,
             format!("ALLOW by rule[{i}]: {}", describe_route(&routes[i])),
         ),
-        Decision::Allow { rule: None } => (
+        Verdict::Rules(Decision::Allow { rule: None }) => (
             true,
             "ALLOW (authorization.default = \"authenticated\")".into(),
         ),
-        Decision::Deny {
+        Verdict::Rules(Decision::Deny {
             rule: Some(i),
             reason,
-        } => (
+        }) => (
             false,
             format!(
                 "DENY by rule[{i}] ({reason}): {}",
                 describe_route(&routes[i])
             ),
         ),
-        Decision::Deny { rule: None, reason } => (false, format!("DENY ({reason})")),
+        Verdict::Rules(Decision::Deny { rule: None, reason }) => {
+            (false, format!("DENY ({reason})"))
+        }
     }
 }

@@ -21,7 +21,7 @@ use tokio::sync::mpsc;
 use crate::config::Config;
 use crate::gateway::Gateway;
 use crate::metrics::ReloadResult;
-use crate::state::State;
+use crate::state::{LoadFailure, State};
 
 /// Why a reload was attempted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,7 +75,21 @@ async fn reload_loop(
             Some(()) = signals.recv() => Trigger::Signal,
             _ = poll => Trigger::Files,
         };
-        reloader.reload(trigger);
+        // File reads, digests, PKCS#12 key derivation and the native
+        // certificate store are blocking work: keep them off the runtime
+        // workers that serve connections.
+        reloader = match tokio::task::spawn_blocking(move || {
+            reloader.reload(trigger);
+            reloader
+        })
+        .await
+        {
+            Ok(reloader) => reloader,
+            Err(e) => {
+                tracing::error!(error = %e, "reload task failed; reloads stop until a restart");
+                return;
+            }
+        };
         let cfg = reloader.current_config();
         // Re-arm after every attempt: a rename may have replaced a watched
         // directory's entries, and a new config may name new files.
@@ -155,14 +169,14 @@ impl Reloader {
                 tracing::error!(generation = current.generation, trigger = ?trigger, %error, "reload failed; previous state keeps serving");
                 self.gw.metrics.reloads.attempted(ReloadResult::Failure);
                 self.gw
-                    .record_reload_failure(error, crate::clock::unix_now());
+                    .record_reload_failure(error.to_string(), crate::clock::unix_now());
             }
         }
         crate::systemd::ready(&self.gw.state());
     }
 
-    fn build(&self, generation: u64) -> Result<State, String> {
-        let mut config = Config::load(&self.config_path).map_err(|e| e.to_string())?;
+    fn build(&self, generation: u64) -> Result<State, LoadFailure> {
+        let mut config = Config::load(&self.config_path)?;
         let running = &self.started;
         if config.listener.address != running.listener.address {
             tracing::warn!(
@@ -183,7 +197,7 @@ impl Reloader {
         if config.listener.max_connections != running.listener.max_connections {
             tracing::warn!("listener.max_connections changed: applies after a restart");
         }
-        State::build(Arc::new(config), generation).map_err(|e| e.to_string())
+        State::build(Arc::new(config), generation)
     }
 }
 

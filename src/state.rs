@@ -13,7 +13,7 @@ use rustls::server::danger::ClientCertVerifier;
 use rustls::sign::CertifiedKey;
 use rustls::ServerConfig;
 
-use crate::config::{CertSource, Config};
+use crate::config::{CertSource, Config, ConfigError};
 use crate::policy::{Authorizer, RoleMapper};
 use crate::tls::{self, load, CertInfo, CrlInfo, LoadError, ServerCerts};
 use crate::upstream::Upstream;
@@ -46,33 +46,47 @@ impl std::fmt::Debug for State {
     }
 }
 
-/// Every file that could not be used, each with its reason.
+/// Why a configuration could not be loaded, whoever loads it: `run` at
+/// start, a reload, `check` and `explain`, and `/status` after a failed
+/// reload all report this one type.
 #[derive(Debug, thiserror::Error)]
-pub struct StateError {
-    pub problems: Vec<LoadError>,
+pub enum LoadFailure {
+    /// The config file itself: TOML syntax, unknown keys, invalid values.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// Files the config names: missing, unparsable or inconsistent.
+    #[error("invalid configuration {}:{}", .config.display(), problem_lines(.problems))]
+    Files {
+        config: PathBuf,
+        problems: Vec<LoadError>,
+    },
 }
 
-impl std::fmt::Display for StateError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        for (i, p) in self.problems.iter().enumerate() {
-            if i > 0 {
-                f.write_str("; ")?;
-            }
-            write!(f, "{p}")?;
-        }
-        Ok(())
-    }
+fn problem_lines(problems: &[LoadError]) -> String {
+    problems.iter().map(|p| format!("\n  - {p}")).collect()
 }
 
 impl State {
+    /// Reads the config file and every file it names.
+    ///
+    /// # Errors
+    /// The [`LoadFailure`] that says what is wrong with which file.
+    pub fn load(path: &Path, generation: u64) -> Result<State, LoadFailure> {
+        State::build(Arc::new(Config::load(path)?), generation)
+    }
+
     /// Reads every file the config names and builds a complete state.
     ///
     /// # Errors
-    /// A [`StateError`] listing each file that is missing, unparsable, or
+    /// [`LoadFailure::Files`], listing each file that is missing, unparsable, or
     /// inconsistent (a key that does not match its certificate, an empty CA
     /// bundle, a CRL rustls refuses or that does not verify against a
     /// trusted CA).
-    pub fn build(config: Arc<Config>, generation: u64) -> Result<State, StateError> {
+    pub fn build(config: Arc<Config>, generation: u64) -> Result<State, LoadFailure> {
+        let files_failed = |config: &Config, problems| LoadFailure::Files {
+            config: config.path.clone(),
+            problems,
+        };
         let mut problems = Vec::new();
         let mut certs = Vec::new();
 
@@ -128,7 +142,7 @@ impl State {
                     files.extend(ca.crls.iter().cloned());
                     problems.push(LoadError::new(
                         first_or_config(&files, &config.path),
-                        reason,
+                        reason.to_string(),
                     ));
                 })
                 .ok()
@@ -141,7 +155,7 @@ impl State {
         let (Some(default), Some(verifier), Some(upstream), true) =
             (default, verifier, upstream, problems.is_empty())
         else {
-            return Err(StateError { problems });
+            return Err(files_failed(&config, problems));
         };
 
         let server_certs = Arc::new(ServerCerts { default, by_name });
@@ -150,9 +164,7 @@ impl State {
             verifier.clone(),
             config.listener.min_tls_version,
         )
-        .map_err(|e| StateError {
-            problems: vec![LoadError::new(&config.path, e.to_string())],
-        })?;
+        .map_err(|e| files_failed(&config, vec![LoadError::new(&config.path, e.to_string())]))?;
 
         Ok(State {
             generation,

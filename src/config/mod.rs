@@ -368,25 +368,29 @@ pub const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
 
 /// Parses `"250ms"`, `"10s"`, `"2m"`, `"1h"`; a bare number is rejected so
 /// that units are never guessed.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
+pub fn parse_duration(s: &str) -> Result<Duration, DurationError> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
     let n: u64 = num
         .parse()
-        .map_err(|_| format!("`{s}` is not a duration like \"250ms\", \"10s\" or \"2m\""))?;
+        .map_err(|_| DurationError::NotADuration(s.to_owned()))?;
     let d = match unit {
         "ms" => Duration::from_millis(n),
         "s" => Duration::from_secs(n),
         "m" => Duration::from_secs(n.saturating_mul(60)),
         "h" => Duration::from_secs(n.saturating_mul(3600)),
-        _ => {
-            return Err(format!(
-                "`{s}` needs a unit: ms, s, m or h (like \"250ms\", \"10s\", \"2m\")"
-            ))
-        }
+        _ => return Err(DurationError::NoUnit(s.to_owned())),
     };
     Ok(d)
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DurationError {
+    #[error("`{0}` is not a duration like \"250ms\", \"10s\" or \"2m\"")]
+    NotADuration(String),
+    #[error("`{0}` needs a unit: ms, s, m or h (like \"250ms\", \"10s\", \"2m\")")]
+    NoUnit(String),
 }
 
 /// Collects problems while building the typed config.
@@ -415,7 +419,7 @@ impl Validator<'_> {
             }
             Ok(d) => d,
             Err(e) => {
-                self.problem(at, e);
+                self.problem(at, e.to_string());
                 Duration::from_secs(1)
             }
         }
@@ -712,7 +716,7 @@ impl Validator<'_> {
         for (i, route) in a.rule.into_iter().enumerate() {
             match Route::new(&route.path, route.methods, route.roles) {
                 Ok(r) => rules.push(r),
-                Err(e) => self.problem(format!("authorization.rule[{i}]"), e),
+                Err(e) => self.problem(format!("authorization.rule[{i}]"), e.to_string()),
             }
         }
         AuthorizationConfig {

@@ -3,7 +3,7 @@
 //! among rules for that same path, the first (in file order) whose methods
 //! include the request's method decides.
 
-use super::{normalize_path, PathParameters, Roles};
+use super::{normalize_path, PathError, PathParameters, Roles};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AuthzDefault {
@@ -23,6 +23,23 @@ pub struct Route {
     pub roles: Vec<String>,
 }
 
+/// Why an authorization rule is invalid.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RouteError {
+    #[error("path `{path}` is not normalized (write `{normalized}`)")]
+    NotNormalized { path: String, normalized: String },
+    #[error("path `{path}`: {error}")]
+    BadPath { path: String, error: PathError },
+    #[error("path `{0}` is a plain path prefix: no query, fragment or `*`")]
+    NotAPrefix(String),
+    #[error("methods = [] would match nothing; leave it out to allow every method")]
+    NoMethods,
+    #[error("`{0}` is not an HTTP method")]
+    BadMethod(String),
+    #[error("role `{0}` must be 1-128 visible ASCII characters without commas")]
+    BadRole(String),
+}
+
 impl Route {
     /// # Errors
     /// A path that is not already normalized, or a method that is not an HTTP token.
@@ -30,7 +47,7 @@ impl Route {
         path: &str,
         methods: Option<Vec<String>>,
         roles: Vec<String>,
-    ) -> Result<Route, String> {
+    ) -> Result<Route, RouteError> {
         let trimmed = match path.trim_end_matches('/') {
             "" => "/",
             p => p,
@@ -40,30 +57,29 @@ impl Route {
         match normalize_path(trimmed, PathParameters::Reject) {
             Ok(n) if n.path == trimmed => {}
             Ok(n) => {
-                return Err(format!(
-                    "path `{path}` is not normalized (write `{}`)",
-                    n.path
-                ))
+                return Err(RouteError::NotNormalized {
+                    path: path.to_owned(),
+                    normalized: n.path.into_owned(),
+                })
             }
-            Err(e) => return Err(format!("path `{path}`: {e}")),
+            Err(error) => {
+                return Err(RouteError::BadPath {
+                    path: path.to_owned(),
+                    error,
+                })
+            }
         }
         if trimmed.contains(['?', '#', '*']) {
-            return Err(format!(
-                "path `{path}` is a plain path prefix: no query, fragment or `*`"
-            ));
+            return Err(RouteError::NotAPrefix(path.to_owned()));
         }
         let methods = match methods {
             None => None,
-            Some(m) if m.is_empty() => {
-                return Err(
-                    "methods = [] would match nothing; leave it out to allow every method".into(),
-                )
-            }
+            Some(m) if m.is_empty() => return Err(RouteError::NoMethods),
             Some(m) => {
                 let mut upper = Vec::with_capacity(m.len());
                 for method in m {
                     if http::Method::from_bytes(method.as_bytes()).is_err() || method.is_empty() {
-                        return Err(format!("`{method}` is not an HTTP method"));
+                        return Err(RouteError::BadMethod(method));
                     }
                     upper.push(method.to_ascii_uppercase());
                 }
@@ -71,9 +87,7 @@ impl Route {
             }
         };
         if let Some(bad) = roles.iter().find(|r| !super::valid_role(r)) {
-            return Err(format!(
-                "role `{bad}` must be 1-128 visible ASCII characters without commas"
-            ));
+            return Err(RouteError::BadRole(bad.clone()));
         }
         Ok(Route {
             path: trimmed.to_owned(),

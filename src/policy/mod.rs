@@ -7,7 +7,7 @@ mod glob;
 mod path;
 mod roles;
 
-pub use authz::{Authorizer, AuthzDefault, Decision, Route};
+pub use authz::{Authorizer, AuthzDefault, Decision, Route, RouteError};
 pub use glob::Glob;
 pub use path::{normalize_path, NormalizedPath, PathError, PathParameters};
 pub use roles::{Ambiguity, RoleMapper, RoleRule, Roles};

@@ -20,7 +20,7 @@ pub use client::ClientContext;
 pub use credential::Credentials;
 pub use error::{json_response, GatewayError};
 pub use listener::serve;
-pub(crate) use service::{INTERNAL_PREFIX, WHOAMI};
+pub(crate) use service::{decide, Verdict};
 
 /// Response bodies are either streamed from the upstream or made here.
 pub type ProxyBody =

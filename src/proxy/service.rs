@@ -17,7 +17,7 @@ use super::headers::{self, Forwarding, X_REQUEST_ID};
 use super::{json_response, GatewayError, ProxyBody};
 use crate::exchange::{Progress, RequestBody};
 use crate::gateway::Gateway;
-use crate::policy::{normalize_path, Decision, PathError};
+use crate::policy::{normalize_path, Decision, PathError, Roles};
 use crate::state::State;
 use crate::upstream::UpstreamError;
 
@@ -116,16 +116,13 @@ async fn process(
     let granted = authn.granted();
     outcome.roles = Some(granted.roles_header.clone());
 
-    if path.path.starts_with(INTERNAL_PREFIX) {
-        return internal_endpoint(&path.path, req.method(), client, &authn);
-    }
-
-    match state
-        .authz
-        .authorize(&path.path, req.method().as_str(), &granted.roles)
-    {
-        Decision::Allow { .. } => {}
-        Decision::Deny { reason, .. } => return Err(GatewayError::Forbidden(reason)),
+    match decide(state, &path.path, req.method(), &granted.roles) {
+        Verdict::Whoami => return Ok(whoami(client, &authn)),
+        Verdict::NoSuchEndpoint => return Err(GatewayError::NotFound),
+        Verdict::Rules(Decision::Allow { .. }) => {}
+        Verdict::Rules(Decision::Deny { reason, .. }) => {
+            return Err(GatewayError::Forbidden(reason))
+        }
     }
 
     let (mut parts, body) = req.into_parts();
@@ -186,15 +183,30 @@ fn blame(err: GatewayError, progress: &Progress) -> GatewayError {
     }
 }
 
-fn internal_endpoint(
-    path: &str,
-    method: &Method,
-    client: &ClientContext,
-    authn: &Authn,
-) -> Result<Response<ProxyBody>, GatewayError> {
-    if path != WHOAMI || (method != Method::GET && method != Method::HEAD) {
-        return Err(GatewayError::NotFound);
+/// What the gateway does with a request for a normalized path, before any
+/// upstream is involved. `certgate explain` reports the same verdict.
+pub(crate) enum Verdict {
+    /// `GET`/`HEAD /.certgate/whoami`: answered by the gateway to any
+    /// verified client.
+    Whoami,
+    /// Any other path under `/.certgate/`: 404, never forwarded.
+    NoSuchEndpoint,
+    /// Every other path: the authorization rules decide.
+    Rules(Decision),
+}
+
+pub(crate) fn decide(state: &State, path: &str, method: &Method, roles: &Roles) -> Verdict {
+    if path.starts_with(INTERNAL_PREFIX) {
+        return if path == WHOAMI && (method == Method::GET || method == Method::HEAD) {
+            Verdict::Whoami
+        } else {
+            Verdict::NoSuchEndpoint
+        };
     }
+    Verdict::Rules(state.authz.authorize(path, method.as_str(), roles))
+}
+
+fn whoami(client: &ClientContext, authn: &Authn) -> Response<ProxyBody> {
     let id = &client.credential.identity;
     let body = serde_json::json!({
         "subject": id.subject,
@@ -207,7 +219,7 @@ fn internal_endpoint(
         "not_after": id.not_after,
         "roles": authn.granted().roles.names,
     });
-    Ok(json_response(StatusCode::OK, &body, false))
+    json_response(StatusCode::OK, &body, false)
 }
 
 fn access_log(

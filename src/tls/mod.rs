@@ -14,15 +14,22 @@ pub use load::{CertInfo, CrlInfo, LoadError};
 pub use server::{build_server_config, ServerCerts};
 pub use verify::{build_client_verifier, classify_error, HandshakeFailure};
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
-/// The process-wide crypto provider. Installed once at start-up (rustls
-/// would otherwise pick one implicitly, or panic when two are compiled in).
-pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    rustls::crypto::aws_lc_rs::default_provider().into()
+use rustls::crypto::CryptoProvider;
+
+/// The process-wide crypto provider (aws-lc-rs), built once: every config
+/// and verifier of every state generation shares it.
+pub fn provider() -> Arc<CryptoProvider> {
+    static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
+    PROVIDER
+        .get_or_init(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+        .clone()
 }
 
-/// Installs [`provider`] as the process default; harmless when already done.
+/// Installs [`provider`] as the process default, once at start-up (rustls
+/// would otherwise pick one implicitly, or panic when two are compiled in);
+/// harmless when already done.
 pub fn install_provider() {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let _ = CryptoProvider::install_default((*provider()).clone());
 }

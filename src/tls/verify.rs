@@ -27,21 +27,30 @@ use crate::config::{ClientAuthConfig, CrlScope, Toggle};
 /// The result is a [`ClientVerifier`]: webpki's verdict first, then the
 /// leaf checks of [`check_leaf`].
 ///
+/// Why the client verifier could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum VerifierError {
+    #[error("not usable as a trust anchor: {0}")]
+    TrustAnchor(rustls::Error),
+    #[error("no trusted CA certificates")]
+    NoTrustAnchors,
+    #[error(transparent)]
+    Builder(#[from] rustls::server::VerifierBuilderError),
+}
+
 /// # Errors
 /// No usable trust anchor, or a CRL rustls cannot use.
 pub fn build_client_verifier(
     cas: &[CertificateDer<'static>],
     crls: Vec<CertificateRevocationListDer<'static>>,
     cfg: &ClientAuthConfig,
-) -> Result<Arc<dyn ClientCertVerifier>, String> {
+) -> Result<Arc<dyn ClientCertVerifier>, VerifierError> {
     let mut roots = RootCertStore::empty();
     for ca in cas {
-        roots
-            .add(ca.clone())
-            .map_err(|e| format!("not usable as a trust anchor: {e}"))?;
+        roots.add(ca.clone()).map_err(VerifierError::TrustAnchor)?;
     }
     if roots.is_empty() {
-        return Err("no trusted CA certificates".into());
+        return Err(VerifierError::NoTrustAnchors);
     }
     let mut builder =
         WebPkiClientVerifier::builder_with_provider(Arc::new(roots), super::provider())
@@ -55,7 +64,7 @@ pub fn build_client_verifier(
     if cfg.expired_crl == Toggle::Deny {
         builder = builder.enforce_revocation_expiration();
     }
-    let inner = builder.build().map_err(|e| e.to_string())?;
+    let inner = builder.build()?;
     Ok(Arc::new(ClientVerifier { inner }))
 }
 
