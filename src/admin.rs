@@ -14,7 +14,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
 use crate::gateway::Gateway;
-use crate::proxy::Credentials;
+use crate::proxy::VerifiedClients;
 
 /// Admin connections served at once; further ones wait in the accept
 /// backlog. Probes and scrapers need a handful; the limit keeps a flood of
@@ -29,7 +29,11 @@ pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
 
 /// Serves admin requests until the process exits (it stays up while
 /// draining so that `/readyz` can say 503).
-pub async fn serve(listener: TcpListener, gw: Arc<Gateway>, credentials: Arc<Credentials>) {
+pub async fn serve(
+    listener: TcpListener,
+    gw: Arc<Gateway>,
+    verified_clients: Arc<VerifiedClients>,
+) {
     let places = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         let place = places
@@ -45,12 +49,12 @@ pub async fn serve(listener: TcpListener, gw: Arc<Gateway>, credentials: Arc<Cre
                 continue;
             }
         };
-        let (gw, credentials) = (gw.clone(), credentials.clone());
+        let (gw, verified_clients) = (gw.clone(), verified_clients.clone());
         tokio::spawn(async move {
             let _place = place;
             let service = service_fn(move |req| {
-                let (gw, credentials) = (gw.clone(), credentials.clone());
-                async move { Ok::<_, Infallible>(route(&gw, &credentials, &req)) }
+                let (gw, verified_clients) = (gw.clone(), verified_clients.clone());
+                async move { Ok::<_, Infallible>(route(&gw, &verified_clients, &req)) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -63,7 +67,7 @@ pub async fn serve(listener: TcpListener, gw: Arc<Gateway>, credentials: Arc<Cre
 
 fn route(
     gw: &Gateway,
-    credentials: &Credentials,
+    verified_clients: &VerifiedClients,
     req: &Request<Incoming>,
 ) -> Response<Full<Bytes>> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
@@ -81,12 +85,12 @@ fn route(
         "/healthz" => text(StatusCode::OK, "ok\n"),
         "/readyz" if gw.is_draining() => text(StatusCode::SERVICE_UNAVAILABLE, "draining\n"),
         "/readyz" => text(StatusCode::OK, "ready\n"),
-        "/status" => status(gw, credentials),
+        "/status" => status(gw, verified_clients),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
 }
 
-fn status(gw: &Gateway, credentials: &Credentials) -> Response<Full<Bytes>> {
+fn status(gw: &Gateway, verified_clients: &VerifiedClients) -> Response<Full<Bytes>> {
     let state = gw.state();
     let reload = gw.reload_status();
     let body = serde_json::json!({
@@ -96,7 +100,7 @@ fn status(gw: &Gateway, credentials: &Credentials) -> Response<Full<Bytes>> {
         "upstream": state.config.upstream.url.to_string(),
         "connections_active": gw.metrics.connections.active.get(),
         // Distinct client certificate chains behind those connections.
-        "client_certificates_active": credentials.active(),
+        "client_certificates_active": verified_clients.active(),
         "loaded_at": crate::identity::rfc3339(state.loaded_at_unix),
         "last_reload": {
             "attempt": reload.last_attempt_unix.map(crate::identity::rfc3339),

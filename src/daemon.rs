@@ -83,20 +83,20 @@ pub async fn serve(config: Config, ready: Option<tokio::sync::oneshot::Sender<So
     let (hup_tx, hup_rx) = mpsc::channel(1);
     tokio::spawn(forward_sighup(sighup, gw.clone(), hup_tx));
     tokio::spawn(reload::run(gw.clone(), config_path, hup_rx));
-    let credentials = Arc::new(proxy::Credentials::default());
+    let verified_clients = Arc::new(proxy::VerifiedClients::default());
     if let Some(admin_listener) = admin_listener {
         tracing::info!(address = %admin_listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "admin listener ready");
         tokio::spawn(admin::serve(
             admin_listener,
             gw.clone(),
-            credentials.clone(),
+            verified_clients.clone(),
         ));
     }
     let tracker = TaskTracker::new();
     let accept_loop = tokio::spawn(proxy::serve(
         listener,
         gw.clone(),
-        credentials,
+        verified_clients,
         tracker.clone(),
     ));
 

@@ -1,7 +1,7 @@
 //! The running gateway's shared handle: the current [`State`] behind an
 //! `ArcSwap` (the reload task is its only writer), the metrics, the drain
 //! signal, and reload bookkeeping for `/status`. It sits below the proxy:
-//! what only the data path needs (the client-credential cache) the proxy
+//! what only the data path needs (the cache of verified clients) the proxy
 //! owns itself.
 
 use std::sync::atomic::{AtomicU64, Ordering};

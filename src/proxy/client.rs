@@ -1,7 +1,6 @@
-//! The verified client behind one TLS connection: its peer address, the
-//! credential it presented (shared with the client's other connections, see
-//! `credential`), and the per-request authentication against the current
-//! state.
+//! One client connection: its peer address, the verified client it
+//! presented (shared with the client's other connections, see `verified`),
+//! and the per-request check against the current state.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -9,14 +8,14 @@ use std::sync::Arc;
 
 use http::HeaderValue;
 
-use super::credential::{Authn, Credential};
+use super::verified::{Grant, VerifiedClient};
 use super::GatewayError;
 use crate::metrics::Metrics;
 use crate::state::State;
 
-pub struct ClientContext {
+pub struct ClientConnection {
     pub peer: SocketAddr,
-    pub credential: Arc<Credential>,
+    pub verified: Arc<VerifiedClient>,
     /// `x-forwarded-for`, formatted once rather than per request.
     pub forwarded_for: HeaderValue,
     /// The newest generation whose role grants this connection has counted
@@ -24,24 +23,24 @@ pub struct ClientContext {
     counted_generation: AtomicU64,
 }
 
-impl ClientContext {
-    /// The context of a connection that `state`'s handshake just verified;
-    /// counts the roles granted to it.
+impl ClientConnection {
+    /// A connection that `state`'s handshake just verified; counts the
+    /// roles granted to it.
     pub fn new(
         peer: SocketAddr,
-        credential: Arc<Credential>,
+        verified: Arc<VerifiedClient>,
         state: &State,
         metrics: &Metrics,
-    ) -> ClientContext {
-        let client = ClientContext {
+    ) -> ClientConnection {
+        let connection = ClientConnection {
             peer,
-            credential,
+            verified,
             forwarded_for: super::headers::forwarded_for(peer.ip()),
             counted_generation: AtomicU64::new(0),
         };
         // Refusals are reported by the request that meets them.
-        let _ = client.authenticate(state, metrics);
-        client
+        let _ = connection.authenticate(state, metrics);
+        connection
     }
 
     /// The client's roles under `state`, re-verifying the chain first when
@@ -54,31 +53,28 @@ impl ClientContext {
         &self,
         state: &State,
         metrics: &Metrics,
-    ) -> Result<Arc<Authn>, GatewayError> {
-        let credential = &self.credential;
-        if crate::clock::unix_now() > credential.identity.not_after_unix {
+    ) -> Result<Arc<Grant>, GatewayError> {
+        if crate::clock::unix_now() > self.verified.identity.not_after_unix {
             return Err(GatewayError::CertificateRejected("certificate expired"));
         }
-        let authn = credential.authn(state, self.peer);
-        match &authn.outcome {
-            Ok(granted) => {
-                // Once per connection and generation: at the handshake, and
-                // on the first request after each reload.
-                let counted = self
-                    .counted_generation
-                    .fetch_max(authn.generation, Ordering::Relaxed);
-                if counted < authn.generation {
-                    self.note_grants(&granted.roles.names, state, metrics);
-                }
-                Ok(authn)
-            }
-            Err(reason) => Err(GatewayError::CertificateRejected(reason)),
+        let grant = self
+            .verified
+            .grant(state, self.peer)
+            .map_err(GatewayError::CertificateRejected)?;
+        // Once per connection and generation: at the handshake, and on the
+        // first request after each reload.
+        let counted = self
+            .counted_generation
+            .fetch_max(grant.generation, Ordering::Relaxed);
+        if counted < grant.generation {
+            self.note_grants(&grant.roles.names, state, metrics);
         }
+        Ok(grant)
     }
 
     /// Counts each granted role and logs grants of audited roles.
     fn note_grants(&self, roles: &[Arc<str>], state: &State, metrics: &Metrics) {
-        let identity = &self.credential.identity;
+        let identity = &self.verified.identity;
         for role in roles {
             metrics.requests.role_granted(role);
             if state.config.roles.audit.iter().any(|a| **a == **role) {

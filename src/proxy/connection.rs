@@ -45,7 +45,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 
 use super::activity::{Activity, Expiry, Tracked, CLOSE_GRACE};
-use super::client::ClientContext;
+use super::client::ClientConnection;
 use super::streams::{current_stream, stream_stalled, StreamExecutor};
 use super::{service, ProxyBody};
 use crate::config::ListenerConfig;
@@ -77,7 +77,7 @@ type Tls = Box<TlsStream<TcpStream>>;
 pub(super) async fn serve(
     gw: Arc<Gateway>,
     tls: Tls,
-    client: Arc<ClientContext>,
+    client: Arc<ClientConnection>,
     limits: &ListenerConfig,
 ) {
     let peer = client.peer;

@@ -14,9 +14,9 @@ use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::task::TaskTracker;
 
-use super::client::ClientContext;
+use super::client::ClientConnection;
 use super::connection;
-use super::credential::Credentials;
+use super::verified::VerifiedClients;
 use crate::gateway::Gateway;
 use crate::metrics::ActiveConnection;
 use crate::state::State;
@@ -30,11 +30,11 @@ const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// Accepts connections until the gateway drains; every connection task is
 /// spawned on `tracker` so the caller can wait for them to finish.
 /// Accepts and serves mTLS connections until the drain starts. Connections
-/// that present the same chain share one entry of `credentials`.
+/// that present the same chain share one entry of `verified_clients`.
 pub async fn serve(
     listener: TcpListener,
     gw: Arc<Gateway>,
-    credentials: Arc<Credentials>,
+    verified_clients: Arc<VerifiedClients>,
     tracker: TaskTracker,
 ) {
     let max = gw.state().config.listener.max_connections;
@@ -71,9 +71,9 @@ pub async fn serve(
                 continue;
             }
         };
-        let (gw, credentials) = (gw.clone(), credentials.clone());
+        let (gw, verified_clients) = (gw.clone(), verified_clients.clone());
         tracker.spawn(async move {
-            handle_connection(gw, &credentials, tcp, peer).await;
+            handle_connection(gw, &verified_clients, tcp, peer).await;
             drop(permit);
         });
     }
@@ -92,7 +92,7 @@ fn is_connection_error(e: &io::Error) -> bool {
 
 async fn handle_connection(
     gw: Arc<Gateway>,
-    credentials: &Arc<Credentials>,
+    verified_clients: &Arc<VerifiedClients>,
     tcp: TcpStream,
     peer: SocketAddr,
 ) {
@@ -107,14 +107,14 @@ async fn handle_connection(
         return;
     };
     let chain = tls.get_ref().1.peer_certificates().unwrap_or_default();
-    let credential = match credentials.get(chain, &state) {
+    let verified = match verified_clients.get(chain, &state) {
         Ok(c) => c,
         Err(e) => {
             tracing::warn!(%peer, error = %e, "verified client certificate has unreadable identity fields; closing");
             return;
         }
     };
-    let client = Arc::new(ClientContext::new(peer, credential, &state, &gw.metrics));
+    let client = Arc::new(ClientConnection::new(peer, verified, &state, &gw.metrics));
     drop(state);
     connection::serve(gw, tls, client, &limits).await;
 }

@@ -1,26 +1,26 @@
 //! The mTLS data path: accept loop and TLS handshake (`listener`), HTTP
 //! serving under the connection's timers (`connection`, `activity`), the
-//! verified client of one connection (`client`) and the credential it
-//! shares with the client's other connections (`credential`), the per-request pipeline
+//! client connection (`client`) and the verified client it shares with the
+//! client's other connections (`verified`), the per-request pipeline
 //! (`service`), HTTP/2 streams under their stall clocks (`streams`), header
 //! rewriting (`headers`) and gateway-made error responses (`error`).
 
 mod activity;
 mod client;
 mod connection;
-mod credential;
 mod error;
 mod head;
 pub mod headers;
 mod listener;
 mod service;
 mod streams;
+mod verified;
 
-pub use client::ClientContext;
-pub use credential::Credentials;
+pub use client::ClientConnection;
 pub use error::{json_response, GatewayError};
 pub use listener::serve;
 pub(crate) use service::{decide, Verdict};
+pub use verified::VerifiedClients;
 
 /// Response bodies are either streamed from the upstream or made here.
 pub type ProxyBody =

@@ -10,10 +10,10 @@ use http::uri::PathAndQuery;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode, Version};
 use http_body_util::Either;
 
-use super::client::ClientContext;
-use super::credential::Authn;
+use super::client::ClientConnection;
 use super::head;
 use super::headers::{self, Forwarding, X_REQUEST_ID};
+use super::verified::Grant;
 use super::{json_response, GatewayError, ProxyBody};
 use crate::exchange::{Progress, RequestBody};
 use crate::gateway::Gateway;
@@ -37,7 +37,7 @@ struct Outcome {
 
 pub async fn handle(
     gw: Arc<Gateway>,
-    client: Arc<ClientContext>,
+    client: Arc<ClientConnection>,
     req: Request<RequestBody>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let started = Instant::now();
@@ -85,7 +85,7 @@ pub async fn handle(
 async fn process(
     gw: &Gateway,
     state: &State,
-    client: &ClientContext,
+    client: &ClientConnection,
     req: Request<RequestBody>,
     request_id: &HeaderValue,
     outcome: &mut Outcome,
@@ -112,12 +112,11 @@ async fn process(
         outcome.path = Some(path.path.to_string());
     }
 
-    let authn = client.authenticate(state, &gw.metrics)?;
-    let granted = authn.granted();
-    outcome.roles = Some(granted.roles_header.clone());
+    let grant = client.authenticate(state, &gw.metrics)?;
+    outcome.roles = Some(grant.roles_header.clone());
 
-    match decide(state, &path.path, req.method(), &granted.roles) {
-        Verdict::Whoami => return Ok(whoami(client, &authn)),
+    match decide(state, &path.path, req.method(), &grant.roles) {
+        Verdict::Whoami => return Ok(whoami(client, &grant)),
         Verdict::NoSuchEndpoint => return Err(GatewayError::NotFound),
         Verdict::Rules(Decision::Allow { .. }) => {}
         Verdict::Rules(Decision::Deny { reason, .. }) => {
@@ -145,10 +144,10 @@ async fn process(
     headers::prepare_request_headers(
         &mut parts.headers,
         &Forwarding {
-            identity: &client.credential.headers,
-            id: &client.credential.identity,
-            leaf_der: client.credential.leaf_der(),
-            roles: &granted.roles_header,
+            identity: &client.verified.headers,
+            id: &client.verified.identity,
+            leaf_der: client.verified.leaf_der(),
+            roles: &grant.roles_header,
             options: state.config.identity,
             underscore_headers: listener.underscore_headers,
             forwarded_for: &client.forwarded_for,
@@ -206,8 +205,8 @@ pub(crate) fn decide(state: &State, path: &str, method: &Method, roles: &Roles) 
     Verdict::Rules(state.authz.authorize(path, method.as_str(), roles))
 }
 
-fn whoami(client: &ClientContext, authn: &Authn) -> Response<ProxyBody> {
-    let id = &client.credential.identity;
+fn whoami(client: &ClientConnection, grant: &Grant) -> Response<ProxyBody> {
+    let id = &client.verified.identity;
     let body = serde_json::json!({
         "subject": id.subject,
         "issuer": id.issuer,
@@ -217,13 +216,13 @@ fn whoami(client: &ClientContext, authn: &Authn) -> Response<ProxyBody> {
         "spiffe_id": id.spiffe_id,
         "not_before": id.not_before,
         "not_after": id.not_after,
-        "roles": authn.granted().roles.names,
+        "roles": grant.roles.names,
     });
     json_response(StatusCode::OK, &body, false)
 }
 
 fn access_log(
-    client: &ClientContext,
+    client: &ClientConnection,
     method: &Method,
     status: StatusCode,
     request_id: &HeaderValue,
@@ -235,8 +234,8 @@ fn access_log(
         target: "certgate::access",
         request_id = request_id.to_str().unwrap_or(""),
         peer = %client.peer,
-        subject = %client.credential.identity.subject,
-        fingerprint = %client.credential.identity.fingerprint_sha256,
+        subject = %client.verified.identity.subject,
+        fingerprint = %client.verified.identity.fingerprint_sha256,
         roles = outcome.roles.as_ref().and_then(|r| r.to_str().ok()).unwrap_or(""),
         method = %method,
         path = outcome.path.as_deref().unwrap_or(""),

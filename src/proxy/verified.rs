@@ -1,4 +1,4 @@
-//! Client credentials, shared by the connections that present them.
+//! Verified clients, shared by the connections that present their chain.
 //!
 //! A client that pools connections presents the same certificate chain on
 //! every one of them, and what the gateway derives from a chain is the same
@@ -29,45 +29,42 @@ use crate::tls::verify::classify_rustls;
 /// SHA-256 over the chain's certificates, each with its length.
 type ChainKey = [u8; 32];
 
-/// The credentials of the open connections, by chain.
+/// The verified clients of the open connections, by chain.
 #[derive(Default)]
-pub struct Credentials {
-    live: Mutex<HashMap<ChainKey, Weak<Credential>>>,
+pub struct VerifiedClients {
+    live: Mutex<HashMap<ChainKey, Weak<VerifiedClient>>>,
 }
 
-/// What the gateway knows of one client certificate chain.
-pub struct Credential {
+/// What the gateway knows of one verified client certificate chain.
+pub struct VerifiedClient {
     key: ChainKey,
     chain: Vec<CertificateDer<'static>>,
     pub identity: Identity,
     pub headers: IdentityHeaders,
-    authn: Mutex<Arc<Authn>>,
-    registry: Arc<Credentials>,
+    /// The latest generation's verdict on the chain.
+    verdict: Mutex<Verdict>,
+    registry: Arc<VerifiedClients>,
 }
 
-/// Authentication as decided by one state generation.
+/// One state generation's verdict on a chain: the roles it grants, or why
+/// it refuses the chain.
+#[derive(Debug, Clone)]
+struct Verdict {
+    generation: u64,
+    outcome: Result<Arc<Grant>, &'static str>,
+}
+
+/// The roles a state generation grants a verified client.
 #[derive(Debug)]
-pub struct Authn {
+pub struct Grant {
     pub generation: u64,
-    pub outcome: Result<Granted, &'static str>,
-}
-
-impl Authn {
-    pub fn granted(&self) -> &Granted {
-        self.outcome
-            .as_ref()
-            .expect("authenticate() only returns granted outcomes")
-    }
-}
-
-#[derive(Debug)]
-pub struct Granted {
     pub roles: Roles,
+    /// `x-client-roles`, joined once.
     pub roles_header: HeaderValue,
 }
 
-impl Credentials {
-    /// The credential for a chain that `state`'s handshake just verified:
+impl VerifiedClients {
+    /// The verified client for a chain that `state`'s handshake just verified:
     /// the one an open connection already shares, or a new one.
     ///
     /// # Errors
@@ -76,7 +73,7 @@ impl Credentials {
         self: &Arc<Self>,
         chain: &[CertificateDer<'_>],
         state: &State,
-    ) -> Result<Arc<Credential>, IdentityError> {
+    ) -> Result<Arc<VerifiedClient>, IdentityError> {
         let key = chain_key(chain);
         if let Some(shared) = self.lock().get(&key).and_then(Weak::upgrade) {
             // The key is a SHA-256; comparing the bytes makes the match exact.
@@ -89,14 +86,14 @@ impl Credentials {
             .ok_or_else(|| IdentityError::Parse("no client certificate".into()))?;
         // Parsed outside the lock: other handshakes need not wait for it.
         let identity = Identity::from_der(leaf)?;
-        let fresh = Arc::new(Credential {
+        let fresh = Arc::new(VerifiedClient {
             key,
             chain: chain.iter().map(|c| c.clone().into_owned()).collect(),
             headers: IdentityHeaders::new(&identity),
-            authn: Mutex::new(Arc::new(Authn {
+            verdict: Mutex::new(Verdict {
                 generation: state.generation,
                 outcome: Ok(grant(&identity, state)),
-            })),
+            }),
             identity,
             registry: self.clone(),
         });
@@ -116,8 +113,8 @@ impl Credentials {
         self.lock().len()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ChainKey, Weak<Credential>>> {
-        self.live.lock().expect("credentials lock poisoned")
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ChainKey, Weak<VerifiedClient>>> {
+        self.live.lock().expect("verified clients lock poisoned")
     }
 }
 
@@ -133,41 +130,45 @@ fn chain_key(chain: &[CertificateDer<'_>]) -> ChainKey {
         .expect("SHA-256 is 32 bytes")
 }
 
-impl Drop for Credential {
+impl Drop for VerifiedClient {
     fn drop(&mut self) {
         let mut live = self.registry.lock();
         // A connection presenting the chain again after this one lost its
-        // last reference may already have put a new credential there.
+        // last reference may already have put a new entry there.
         if live.get(&self.key).is_some_and(|w| w.strong_count() == 0) {
             live.remove(&self.key);
         }
     }
 }
 
-impl Credential {
+impl VerifiedClient {
     /// The client's leaf certificate (DER).
     pub fn leaf_der(&self) -> &[u8] {
         &self.chain[0]
     }
 
-    /// The decision of `state`'s generation, re-verifying the chain first
-    /// when `state` is newer than the generation that last checked it.
-    /// `peer` names the connection that asked, for the log.
-    pub fn authn(&self, state: &State, peer: SocketAddr) -> Arc<Authn> {
-        let cached = self.authn.lock().expect("authn lock poisoned").clone();
+    /// What `state`'s generation grants the client, re-verifying the chain
+    /// first when `state` is newer than the generation that last checked
+    /// it. `peer` names the connection that asked, for the log.
+    ///
+    /// # Errors
+    /// Why the current state refuses the chain (revoked by a new CRL, CA
+    /// removed): the label of the handshake result it would get.
+    pub fn grant(&self, state: &State, peer: SocketAddr) -> Result<Arc<Grant>, &'static str> {
+        let cached = self.verdict.lock().expect("verdict lock poisoned").clone();
         if cached.generation >= state.generation {
-            return cached;
+            return cached.outcome;
         }
-        let fresh = Arc::new(self.recheck(state, peer));
-        let mut slot = self.authn.lock().expect("authn lock poisoned");
-        // Connections sharing the credential may race here; keep the newest.
+        let fresh = self.recheck(state, peer);
+        let mut slot = self.verdict.lock().expect("verdict lock poisoned");
+        // Connections sharing the client may race here; keep the newest.
         if slot.generation < fresh.generation {
             *slot = fresh.clone();
         }
-        fresh
+        fresh.outcome
     }
 
-    fn recheck(&self, state: &State, peer: SocketAddr) -> Authn {
+    fn recheck(&self, state: &State, peer: SocketAddr) -> Verdict {
         let verified =
             state
                 .verifier
@@ -188,7 +189,7 @@ impl Credential {
                 Err(reason)
             }
         };
-        Authn {
+        Verdict {
             generation: state.generation,
             outcome,
         }
@@ -196,12 +197,13 @@ impl Credential {
 }
 
 /// Maps the identity to roles under `state`.
-fn grant(identity: &Identity, state: &State) -> Granted {
+fn grant(identity: &Identity, state: &State) -> Arc<Grant> {
     let roles = state.roles.roles_for(identity);
     let joined = roles.joined();
-    Granted {
+    Arc::new(Grant {
+        generation: state.generation,
         roles_header: HeaderValue::from_str(&joined)
             .unwrap_or_else(|_| HeaderValue::from_static("")),
         roles,
-    }
+    })
 }
