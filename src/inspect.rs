@@ -9,7 +9,7 @@ use std::path::Path;
 use http::Method;
 use rustls::pki_types::UnixTime;
 
-use crate::config::{TlsVersion, Toggle};
+use crate::config::{RevocationFallback, TlsVersion};
 use crate::identity::Identity;
 use crate::policy::{normalize_path, AuthzDefault, Decision, Roles, Route};
 use crate::proxy::{self, Verdict};
@@ -80,7 +80,7 @@ pub fn summary(state: &State) -> String {
     }
     if state.crls.is_empty() {
         let _ = writeln!(out, "  none (revocation is not checked)");
-    } else if cfg.client_auth.unknown_revocation == Toggle::Allow
+    } else if cfg.client_auth.unknown_revocation == RevocationFallback::Allow
         && !state.crl_coverage.cas_without_crl.is_empty()
     {
         let _ = writeln!(

@@ -107,8 +107,11 @@ pub struct ServerTlsConfig {
     pub sni: Vec<SniCert>,
 }
 
+/// What to do with a chain whose revocation status a CRL cannot settle
+/// (`client_auth.unknown_revocation`: no CRL for its issuer;
+/// `client_auth.expired_crl`: only an expired CRL covers it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Toggle {
+pub enum RevocationFallback {
     Allow,
     Deny,
 }
@@ -126,9 +129,9 @@ pub struct ClientAuthConfig {
     /// Password for PKCS#12 trust stores in `trusted_cas` (many have none).
     pub trusted_cas_password_file: Option<PathBuf>,
     pub crls: Vec<PathBuf>,
-    pub unknown_revocation: Toggle,
+    pub unknown_revocation: RevocationFallback,
     pub crl_scope: CrlScope,
-    pub expired_crl: Toggle,
+    pub expired_crl: RevocationFallback,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -464,11 +467,14 @@ impl Validator<'_> {
         options[0].1
     }
 
-    fn toggle(&mut self, at: &str, value: &str) -> Toggle {
+    fn revocation_fallback(&mut self, at: &str, value: &str) -> RevocationFallback {
         self.choice(
             at,
             value,
-            &[("deny", Toggle::Deny), ("allow", Toggle::Allow)],
+            &[
+                ("deny", RevocationFallback::Deny),
+                ("allow", RevocationFallback::Allow),
+            ],
         )
     }
 
@@ -615,7 +621,7 @@ impl Validator<'_> {
                 .map(|p| self.path("client_auth.crls", p))
                 .collect(),
             unknown_revocation: self
-                .toggle("client_auth.unknown_revocation", &c.unknown_revocation),
+                .revocation_fallback("client_auth.unknown_revocation", &c.unknown_revocation),
             crl_scope: self.choice(
                 "client_auth.crl_scope",
                 &c.crl_scope,
@@ -624,7 +630,7 @@ impl Validator<'_> {
                     ("end_entity", CrlScope::EndEntity),
                 ],
             ),
-            expired_crl: self.toggle("client_auth.expired_crl", &c.expired_crl),
+            expired_crl: self.revocation_fallback("client_auth.expired_crl", &c.expired_crl),
         }
     }
 

@@ -12,7 +12,7 @@ use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, RootCer
 use rustls::{OtherError, SignatureScheme};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
-use crate::config::{ClientAuthConfig, CrlScope, Toggle};
+use crate::config::{ClientAuthConfig, CrlScope, RevocationFallback};
 
 /// Builds the verifier that every handshake (and every per-request
 /// re-check after a reload) uses. Each revocation knob is set on purpose:
@@ -58,10 +58,10 @@ pub fn build_client_verifier(
     if cfg.crl_scope == CrlScope::EndEntity {
         builder = builder.only_check_end_entity_revocation();
     }
-    if cfg.unknown_revocation == Toggle::Allow {
+    if cfg.unknown_revocation == RevocationFallback::Allow {
         builder = builder.allow_unknown_revocation_status();
     }
-    if cfg.expired_crl == Toggle::Deny {
+    if cfg.expired_crl == RevocationFallback::Deny {
         builder = builder.enforce_revocation_expiration();
     }
     let inner = builder.build()?;
