@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use certgate::config::{ClientAuthConfig, CrlScope, TlsVersion, Toggle};
-use certgate::identity::Identity;
+use certgate::identity::{CertField, Identity};
 use certgate::policy::{
     normalize_path, Authorizer, AuthzDefault, Glob, PathParameters, RoleMapper, RoleRule, Route,
 };
@@ -56,12 +56,9 @@ fn role_rules(n: usize) -> Vec<RoleRule> {
             } else {
                 (format!("service-{i}-*"), vec![format!("ROLE_{i}")])
             };
-            RoleRule {
-                roles,
-                cn: Some(vec![Glob::new(&cn, false)]),
-                ou: Some(vec![Glob::new("payments", false)]),
-                ..RoleRule::default()
-            }
+            RoleRule::new(roles)
+                .with(CertField::Cn, vec![Glob::new(&cn, false)])
+                .with(CertField::Ou, vec![Glob::new("payments", false)])
         })
         .collect()
 }
