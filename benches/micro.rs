@@ -16,8 +16,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use certgate::config::{ClientAuthConfig, CrlScope, TlsVersion, Toggle};
-use certgate::identity::Identity;
+use certgate::config::{ClientAuthConfig, CrlScope, RevocationFallback, TlsVersion};
+use certgate::identity::{CertField, Identity};
 use certgate::policy::{
     normalize_path, Authorizer, AuthzDefault, Glob, PathParameters, RoleMapper, RoleRule, Route,
 };
@@ -56,12 +56,9 @@ fn role_rules(n: usize) -> Vec<RoleRule> {
             } else {
                 (format!("service-{i}-*"), vec![format!("ROLE_{i}")])
             };
-            RoleRule {
-                roles,
-                cn: Some(vec![Glob::new(&cn, false)]),
-                ou: Some(vec![Glob::new("payments", false)]),
-                ..RoleRule::default()
-            }
+            RoleRule::new(roles)
+                .with(CertField::Cn, vec![Glob::new(&cn, false)])
+                .with(CertField::Ou, vec![Glob::new("payments", false)])
         })
         .collect()
 }
@@ -147,9 +144,9 @@ fn handshake_configs(kind: KeyKind) -> (Arc<ServerConfig>, Arc<ClientConfig>) {
         trusted_cas: vec![],
         trusted_cas_password_file: None,
         crls: vec![],
-        unknown_revocation: Toggle::Allow,
+        unknown_revocation: RevocationFallback::Allow,
         crl_scope: CrlScope::Chain,
-        expired_crl: Toggle::Allow,
+        expired_crl: RevocationFallback::Allow,
     };
     let verifier =
         build_client_verifier(std::slice::from_ref(&ca.der), vec![crl], &policy).expect("verifier");

@@ -14,7 +14,7 @@ use crate::identity::Identity;
 use crate::policy::{normalize_path, AuthzDefault, Decision, Roles, Route};
 use crate::proxy::{self, Verdict};
 use crate::state::{LoadFailure, State};
-use crate::tls::{load, verify::classify_rustls};
+use crate::tls::{load, verify::classify_rustls, CertKind};
 
 /// Server certificates expiring sooner than this are flagged by `check`.
 const EXPIRY_WARNING_DAYS: i64 = 30;
@@ -203,7 +203,11 @@ pub fn explain(
     let _ = writeln!(
         out,
         "chain:       verified against {} trusted CA certificate(s), {} CRL(s)",
-        state.certs.iter().filter(|c| c.kind == "client_ca").count(),
+        state
+            .certs
+            .iter()
+            .filter(|c| c.kind == CertKind::ClientCa)
+            .count(),
         state.crls.len()
     );
 

@@ -358,14 +358,8 @@ impl ExpiryMetrics {
         self.cert_expiry.reset();
         let mut soonest: BTreeMap<(&str, &str), i64> = BTreeMap::new();
         for c in certs {
-            // SPEC labels SNI certificates as `server` too: they are served.
-            let kind = if c.kind == "client_ca" {
-                "client_ca"
-            } else {
-                "server"
-            };
             soonest
-                .entry((kind, c.subject.as_str()))
+                .entry((c.kind.metric_label(), c.subject.as_str()))
                 .and_modify(|t| *t = (*t).min(c.not_after_unix))
                 .or_insert(c.not_after_unix);
         }
@@ -411,9 +405,10 @@ impl Drop for ActiveConnection {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tls::CertKind;
     use prometheus::proto::MetricType;
 
-    fn cert(kind: &'static str, subject: &str, not_after_unix: i64) -> CertInfo {
+    fn cert(kind: CertKind, subject: &str, not_after_unix: i64) -> CertInfo {
         CertInfo {
             kind,
             server_name: None,
@@ -460,7 +455,10 @@ mod tests {
         m.requests.done(http::StatusCode::OK, 0.01);
         m.requests.role_granted("ROLE_USER");
         m.expiry.publish(
-            &[cert("server", "CN=s", 1), cert("client_ca", "CN=ca", 2)],
+            &[
+                cert(CertKind::Server, "CN=s", 1),
+                cert(CertKind::ClientCa, "CN=ca", 2),
+            ],
             &[crl("CN=ca", Some(3))],
         );
         let spec: &[(&str, MetricType, &[&str])] = &[
@@ -522,10 +520,10 @@ mod tests {
         let m = Metrics::new();
         m.expiry.publish(
             &[
-                cert("client_ca", "CN=ca", 300),
-                cert("client_ca", "CN=ca", 100),
-                cert("sni", "CN=api", 50),
-                cert("server", "CN=api", 70),
+                cert(CertKind::ClientCa, "CN=ca", 300),
+                cert(CertKind::ClientCa, "CN=ca", 100),
+                cert(CertKind::Sni, "CN=api", 50),
+                cert(CertKind::Server, "CN=api", 70),
             ],
             &[
                 crl("CN=ca", Some(10)),
@@ -558,7 +556,8 @@ mod tests {
             "a CRL without nextUpdate has no gauge"
         );
 
-        m.expiry.publish(&[cert("server", "CN=new", 1)], &[]);
+        m.expiry
+            .publish(&[cert(CertKind::Server, "CN=new", 1)], &[]);
         let text = m.render();
         assert!(
             !text.contains("CN=ca") && !text.contains("CN=api"),

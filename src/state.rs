@@ -15,7 +15,7 @@ use rustls::ServerConfig;
 
 use crate::config::{CertSource, Config, ConfigError};
 use crate::policy::{Authorizer, RoleMapper};
-use crate::tls::{self, load, CertInfo, CrlInfo, LoadError, ServerCerts};
+use crate::tls::{self, load, CertInfo, CertKind, CrlInfo, LoadError, ServerCerts};
 use crate::upstream::Upstream;
 
 pub struct State {
@@ -90,12 +90,22 @@ impl State {
         let mut problems = Vec::new();
         let mut certs = Vec::new();
 
-        let default = load_server_cert(&config.server_tls.default, "server", None, &mut certs)
-            .map_err(|e| problems.push(e))
-            .ok();
+        let default = load_server_cert(
+            &config.server_tls.default,
+            CertKind::Server,
+            None,
+            &mut certs,
+        )
+        .map_err(|e| problems.push(e))
+        .ok();
         let mut by_name = HashMap::new();
         for sni in &config.server_tls.sni {
-            match load_server_cert(&sni.source, "sni", Some(&sni.server_name), &mut certs) {
+            match load_server_cert(
+                &sni.source,
+                CertKind::Sni,
+                Some(&sni.server_name),
+                &mut certs,
+            ) {
                 Ok(ck) => {
                     by_name.insert(sni.server_name.clone(), ck);
                 }
@@ -114,7 +124,7 @@ impl State {
             ));
         }
         for (file, der) in &cas {
-            certs.extend(load::cert_info("client_ca", None, file, der));
+            certs.extend(load::cert_info(CertKind::ClientCa, None, file, der));
         }
         let crls = load::load_crls(&ca.crls)
             .map_err(|e| problems.push(e))
@@ -188,7 +198,7 @@ impl State {
     pub fn next_server_expiry(&self) -> Option<&CertInfo> {
         self.certs
             .iter()
-            .filter(|c| c.kind != "client_ca")
+            .filter(|c| c.kind.is_served())
             .min_by_key(|c| c.not_after_unix)
     }
 }
@@ -199,7 +209,7 @@ fn first_or_config<'a>(files: &'a [PathBuf], config: &'a Path) -> &'a Path {
 
 fn load_server_cert(
     source: &CertSource,
-    kind: &'static str,
+    kind: CertKind,
     server_name: Option<&str>,
     infos: &mut Vec<CertInfo>,
 ) -> Result<Arc<CertifiedKey>, LoadError> {

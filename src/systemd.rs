@@ -28,7 +28,7 @@ fn send(states: &[NotifyState<'_>]) {
 
 /// One-line summary for `systemctl status`.
 pub fn status_line(state: &State) -> String {
-    let servers = state.certs.iter().filter(|c| c.kind != "client_ca").count();
+    let servers = state.certs.iter().filter(|c| c.kind.is_served()).count();
     let next = state
         .next_server_expiry()
         .map(|c| format!(", next expiry {}", c.not_after))

@@ -105,7 +105,10 @@ fn the_documented_module_graph_is_the_code() {
     let actual = actual();
     let listed: BTreeSet<&String> = documented.iter().map(|(m, _)| m).collect();
     let modules: BTreeSet<&String> = actual.keys().collect();
-    assert_eq!(listed, modules, "ARCHITECTURE.md lists other modules than src/ has");
+    assert_eq!(
+        listed, modules,
+        "ARCHITECTURE.md lists other modules than src/ has"
+    );
     for (module, deps) in &documented {
         assert_eq!(
             &actual[module], deps,

@@ -112,3 +112,37 @@ fn spec_configuration_block_is_accepted() {
     )
     .unwrap_or_else(|e| panic!("SPEC §3 example is rejected: {e}"));
 }
+
+#[test]
+fn readme_roles_table_lists_every_matcher_with_its_case_rule() {
+    use certgate::identity::{CertField, Compare};
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let start = readme
+        .find("| matcher | compared with | case |")
+        .expect("the Roles matcher table");
+    let mut documented = Vec::new();
+    for row in readme[start..].lines().skip(2) {
+        if !row.starts_with('|') {
+            break;
+        }
+        let cells: Vec<&str> = row.trim_matches('|').split('|').map(str::trim).collect();
+        let case = *cells.last().unwrap();
+        for name in cells[0].split(',').map(|n| n.trim().trim_matches('`')) {
+            let field = CertField::from_name(name)
+                .unwrap_or_else(|| panic!("README documents unknown matcher `{name}`"));
+            let expected = match field.compare() {
+                Compare::Exact | Compare::Dn => "exact",
+                Compare::CaseInsensitive => "case-insensitive",
+            };
+            assert_eq!(case, expected, "README case rule of `{name}`");
+            documented.push(field);
+        }
+    }
+    documented.sort();
+    assert_eq!(
+        documented,
+        CertField::ALL,
+        "README matcher table, once each"
+    );
+}

@@ -15,7 +15,7 @@ use std::path::Path;
 
 use arbitrary::Unstructured;
 use certgate::config::Config;
-use certgate::identity::Identity;
+use certgate::identity::{CertField, Compare, Identity};
 use certgate::policy::{Glob, PathParameters, RoleMapper, RoleRule};
 use x509_parser::prelude::{FromDer, X509Name};
 
@@ -188,79 +188,56 @@ fn arbitrary_identity(u: &mut Unstructured<'_>) -> arbitrary::Result<Identity> {
 }
 
 fn arbitrary_rule(u: &mut Unstructured<'_>) -> arbitrary::Result<RoleRule> {
-    let matcher = |u: &mut Unstructured<'_>| -> arbitrary::Result<Option<Vec<Glob>>> {
+    // A pattern of either case rule on any field: the reference below reads
+    // the rule back from the compiled globs, not from the field.
+    let matcher = |u: &mut Unstructured<'_>, dn: bool| -> arbitrary::Result<Option<Vec<Glob>>> {
         if u.ratio(2, 3)? {
             return Ok(None);
         }
         (0..u.int_in_range(0..=2)?)
-            .map(|_| Ok(Glob::new(&small_string(u)?, u.arbitrary()?)))
+            .map(|_| {
+                let pattern = small_string(u)?;
+                Ok(if dn {
+                    Glob::dn(&pattern)
+                } else {
+                    Glob::new(&pattern, u.arbitrary()?)
+                })
+            })
             .collect::<arbitrary::Result<Vec<_>>>()
             .map(Some)
     };
-    let dn_matcher = |u: &mut Unstructured<'_>| -> arbitrary::Result<Option<Vec<Glob>>> {
-        if u.ratio(2, 3)? {
-            return Ok(None);
+    let mut rule = RoleRule::new(role_names(u)?);
+    for field in CertField::ALL {
+        if let Some(patterns) = matcher(u, field.compare() == Compare::Dn)? {
+            rule = rule.with(field, patterns);
         }
-        (0..u.int_in_range(0..=2)?)
-            .map(|_| Ok(Glob::dn(&small_string(u)?)))
-            .collect::<arbitrary::Result<Vec<_>>>()
-            .map(Some)
-    };
-    Ok(RoleRule {
-        roles: role_names(u)?,
-        cn: matcher(u)?,
-        ou: matcher(u)?,
-        o: matcher(u)?,
-        subject: dn_matcher(u)?,
-        issuer_cn: matcher(u)?,
-        dns: matcher(u)?,
-        uri: matcher(u)?,
-        email: matcher(u)?,
-        spiffe_id: matcher(u)?,
-        fingerprint_sha256: matcher(u)?,
-        serial: matcher(u)?,
-    })
+    }
+    Ok(rule)
 }
 
 /// A rule matches when every matcher it has matches some value of its
 /// field, and no single-valued field it names has several values.
 fn reference_rule_matches(rule: &RoleRule, id: &Identity) -> bool {
-    let single = [
-        (&rule.cn, &id.cn),
-        (&rule.o, &id.o),
-        (&rule.issuer_cn, &id.issuer_cn),
-    ];
-    if single
-        .iter()
-        .any(|(m, values)| m.is_some() && values.len() > 1)
-    {
+    let ambiguous = CertField::ALL.into_iter().any(|field| {
+        field.is_single_valued() && rule.patterns(field).is_some() && id.values(field).len() > 1
+    });
+    if ambiguous {
         return false;
     }
-    let matchers = [
-        ("cn", &rule.cn),
-        ("ou", &rule.ou),
-        ("o", &rule.o),
-        ("subject", &rule.subject),
-        ("issuer_cn", &rule.issuer_cn),
-        ("dns", &rule.dns),
-        ("uri", &rule.uri),
-        ("email", &rule.email),
-        ("spiffe_id", &rule.spiffe_id),
-        ("fingerprint_sha256", &rule.fingerprint_sha256),
-        ("serial", &rule.serial),
-    ];
-    matchers.iter().all(|(field, patterns)| match patterns {
-        None => true,
-        Some(patterns) => id.field_values(field).any(|v| {
-            patterns.iter().any(|p| {
-                if *field == "subject" {
-                    reference_dn_match(p.as_str(), v)
-                } else {
-                    reference_match(p.as_str(), v, is_ci(p))
-                }
-            })
-        }),
-    })
+    CertField::ALL
+        .into_iter()
+        .all(|field| match rule.patterns(field) {
+            None => true,
+            Some(patterns) => id.values(field).iter().any(|v| {
+                patterns.iter().any(|p| {
+                    if field.compare() == Compare::Dn {
+                        reference_dn_match(p.as_str(), v)
+                    } else {
+                        reference_match(p.as_str(), v, is_ci(p))
+                    }
+                })
+            }),
+        })
 }
 
 /// DN matching by its definition: pattern and DN cut at the separators no

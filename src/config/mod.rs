@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::identity::CertField;
 use crate::policy::{valid_role, AuthzDefault, Glob, PathParameters, RoleRule, Route};
 use raw::RawConfig;
 
@@ -825,42 +826,21 @@ impl RoleRule {
                 "role `{bad}` must be 1-128 visible ASCII characters without commas"
             ));
         }
-        let hexes = |v: Option<raw::OneOrMany>| {
-            v.map(|v| {
-                v.into_vec()
-                    .into_iter()
-                    .map(|s| s.replace(':', "").to_ascii_lowercase())
-                    .collect::<Vec<_>>()
-            })
-        };
-        let globs = |v: Option<raw::OneOrMany>, ci: bool| -> Option<Vec<Glob>> {
-            v.map(|v| v.into_vec().iter().map(|p| Glob::new(p, ci)).collect())
-        };
-        let rule = RoleRule {
-            roles: raw.roles,
-            cn: globs(raw.cn, false),
-            ou: globs(raw.ou, false),
-            o: globs(raw.o, false),
-            subject: raw
-                .subject
-                .map(|v| v.into_vec().iter().map(|p| Glob::dn(p)).collect()),
-            issuer_cn: globs(raw.issuer_cn, false),
-            dns: globs(raw.dns, true),
-            uri: globs(raw.uri, false),
-            email: globs(raw.email, true),
-            spiffe_id: globs(raw.spiffe_id, false),
-            fingerprint_sha256: hexes(raw.fingerprint_sha256)
-                .map(|v| v.iter().map(|p| Glob::new(p, true)).collect()),
-            serial: hexes(raw.serial).map(|v| {
-                v.iter()
-                    .map(|p| Glob::new(p.trim_start_matches('0'), true))
-                    .collect()
-            }),
-        };
+        let mut rule = RoleRule::new(raw.roles);
+        for (field, patterns) in raw.matchers {
+            let globs = patterns
+                .into_vec()
+                .iter()
+                .map(|p| Glob::for_field(field, p))
+                .collect();
+            rule = rule.with(field, globs);
+        }
         if !rule.has_matchers() {
-            return Err(
-                "a rule needs at least one matcher (cn, ou, o, subject, issuer_cn, dns, uri, email, spiffe_id, fingerprint_sha256, serial); use roles.default for roles every client gets".into(),
-            );
+            let fields: Vec<&str> = CertField::ALL.iter().map(|f| f.name()).collect();
+            return Err(format!(
+                "a rule needs at least one matcher ({}); use roles.default for roles every client gets",
+                fields.join(", ")
+            ));
         }
         Ok(rule)
     }

@@ -3,7 +3,10 @@
 //! Values stay as written (strings for durations and addresses); `validate`
 //! turns them into typed configuration.
 
+use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
+
+use crate::identity::CertField;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -139,21 +142,94 @@ impl OneOrMany {
     }
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// One `[[roles.map]]` table: `roles` and a matcher per [`CertField`] key.
+/// Deserialized by hand so that the keys come from [`CertField::name`]
+/// rather than a second list of fields; unknown keys are still errors,
+/// with serde's own wording.
+#[derive(Debug)]
 pub struct RawRoleRule {
     pub roles: Vec<String>,
-    pub cn: Option<OneOrMany>,
-    pub ou: Option<OneOrMany>,
-    pub o: Option<OneOrMany>,
-    pub subject: Option<OneOrMany>,
-    pub issuer_cn: Option<OneOrMany>,
-    pub dns: Option<OneOrMany>,
-    pub uri: Option<OneOrMany>,
-    pub email: Option<OneOrMany>,
-    pub spiffe_id: Option<OneOrMany>,
-    pub fingerprint_sha256: Option<OneOrMany>,
-    pub serial: Option<OneOrMany>,
+    /// In the order written.
+    pub matchers: Vec<(CertField, OneOrMany)>,
+}
+
+/// Every key a `[[roles.map]]` table may have, for "expected one of".
+const ROLE_RULE_KEYS: [&str; CertField::ALL.len() + 1] = {
+    let mut keys = ["roles"; CertField::ALL.len() + 1];
+    let mut i = 0;
+    while i < CertField::ALL.len() {
+        keys[i + 1] = CertField::ALL[i].name();
+        i += 1;
+    }
+    keys
+};
+
+/// A key of a `[[roles.map]]` table. Read as an identifier, the way derived
+/// structs read theirs, so that TOML points an unknown key's error at the key.
+enum RuleKey {
+    Roles,
+    Matcher(CertField),
+}
+
+impl<'de> Deserialize<'de> for RuleKey {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+
+        impl Visitor<'_> for KeyVisitor {
+            type Value = RuleKey;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("field identifier")
+            }
+
+            fn visit_str<E: de::Error>(self, key: &str) -> Result<RuleKey, E> {
+                match CertField::from_name(key) {
+                    Some(field) => Ok(RuleKey::Matcher(field)),
+                    None if key == "roles" => Ok(RuleKey::Roles),
+                    None => Err(E::unknown_field(key, &ROLE_RULE_KEYS)),
+                }
+            }
+        }
+
+        deserializer.deserialize_identifier(KeyVisitor)
+    }
+}
+
+impl<'de> Deserialize<'de> for RawRoleRule {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct RuleVisitor;
+
+        impl<'de> Visitor<'de> for RuleVisitor {
+            type Value = RawRoleRule;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("struct RawRoleRule")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawRoleRule, A::Error> {
+                let mut roles = None;
+                let mut matchers: Vec<(CertField, OneOrMany)> = Vec::new();
+                while let Some(key) = map.next_key()? {
+                    match key {
+                        RuleKey::Roles if roles.is_some() => {
+                            return Err(de::Error::duplicate_field("roles"));
+                        }
+                        RuleKey::Roles => roles = Some(map.next_value()?),
+                        RuleKey::Matcher(field) if matchers.iter().any(|(f, _)| *f == field) => {
+                            return Err(de::Error::duplicate_field(field.name()));
+                        }
+                        RuleKey::Matcher(field) => matchers.push((field, map.next_value()?)),
+                    }
+                }
+                Ok(RawRoleRule {
+                    roles: roles.ok_or_else(|| de::Error::missing_field("roles"))?,
+                    matchers,
+                })
+            }
+        }
+
+        deserializer.deserialize_struct("RawRoleRule", &ROLE_RULE_KEYS, RuleVisitor)
+    }
 }
 
 #[derive(Debug, Deserialize)]

@@ -271,9 +271,12 @@ fn role_and_route_rules_are_validated() {
     assert!(problems(&bad_route)[0].starts_with("authorization.rule[0]"));
     let lists = format!("{MINIMAL}\n[[roles.map]]\nroles = [\"R\"]\ncn = [\"a-*\", \"b\"]\nfingerprint_sha256 = \"AB:CD\"\n");
     let c = parse(&lists).unwrap();
-    assert_eq!(c.roles.map[0].cn.as_ref().unwrap().len(), 2);
+    assert_eq!(c.roles.map[0].patterns(CertField::Cn).unwrap().len(), 2);
     assert_eq!(
-        c.roles.map[0].fingerprint_sha256.as_ref().unwrap()[0].as_str(),
+        c.roles.map[0]
+            .patterns(CertField::FingerprintSha256)
+            .unwrap()[0]
+            .as_str(),
         "abcd"
     );
 }
@@ -331,5 +334,18 @@ fn config_lists_every_named_file() {
             "/etc/certgate/cas.d",
             "/etc/certgate/c.crl"
         ]
+    );
+}
+
+#[test]
+fn matchers_in_any_order_compile_per_field() {
+    let text = format!(
+        "{MINIMAL}\n[[roles.map]]\nserial = \"00:1A\"\nroles = [\"R\"]\ndns = \"API.Lab\"\ncn = \"API\"\n"
+    );
+    let c = parse(&text).unwrap();
+    assert_eq!(
+        c.roles.map[0].describe(),
+        "cn=API dns=api.lab serial=1a => R",
+        "field order; dns and serial folded, cn exact"
     );
 }

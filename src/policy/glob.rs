@@ -3,8 +3,10 @@
 //! In a distinguished name (`subject`, `issuer`) a `*` stays inside one
 //! attribute value: it never matches an RDN separator.
 
-/// A compiled pattern. DNS names and email addresses compare
-/// case-insensitively; everything else exactly.
+use crate::identity::{CertField, Compare};
+
+/// A compiled pattern, exact or ASCII case-insensitive; which one a field
+/// takes is [`CertField::compare`]'s to say.
 ///
 /// ```
 /// use certgate::policy::Glob;
@@ -62,6 +64,17 @@ impl Glob {
             ),
             pattern: pattern.to_owned(),
             case_insensitive: false,
+        }
+    }
+
+    /// A pattern for `field`, normalized and compared as that field's
+    /// values are.
+    pub fn for_field(field: CertField, pattern: &str) -> Glob {
+        let pattern = field.normalize(pattern);
+        match field.compare() {
+            Compare::Exact => Glob::new(&pattern, false),
+            Compare::CaseInsensitive => Glob::new(&pattern, true),
+            Compare::Dn => Glob::dn(&pattern),
         }
     }
 

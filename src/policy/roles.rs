@@ -1,13 +1,14 @@
 //! Certificate identity → roles: `roles.default` plus the roles of every
 //! `[[roles.map]]` rule whose matchers all match (union across rules).
-//! A rule on a single-valued field (`cn`, `o`, `issuer_cn`, `serial`,
-//! `fingerprint_sha256`) is ambiguous for a certificate that carries that
-//! field more than once, and grants nothing to it.
+//! A rule on a single-valued field ([`CertField::is_single_valued`]: `cn`,
+//! `o`, `issuer_cn`, `serial`, `fingerprint_sha256`) is ambiguous for a
+//! certificate that carries that field more than once, and grants nothing
+//! to it.
 
 use std::sync::Arc;
 
 use super::Glob;
-use crate::identity::Identity;
+use crate::identity::{CertField, Identity};
 
 /// One `[[roles.map]]` rule. Each matcher that is present must match (AND);
 /// a matcher with several patterns, or a field with several values, matches
@@ -15,72 +16,95 @@ use crate::identity::Identity;
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct RoleRule {
     pub roles: Vec<String>,
-    pub cn: Option<Vec<Glob>>,
-    pub ou: Option<Vec<Glob>>,
-    pub o: Option<Vec<Glob>>,
-    pub subject: Option<Vec<Glob>>,
-    pub issuer_cn: Option<Vec<Glob>>,
-    pub dns: Option<Vec<Glob>>,
-    pub uri: Option<Vec<Glob>>,
-    pub email: Option<Vec<Glob>>,
-    pub spiffe_id: Option<Vec<Glob>>,
-    pub fingerprint_sha256: Option<Vec<Glob>>,
-    pub serial: Option<Vec<Glob>>,
+    /// At most one per field, in [`CertField::ALL`] order.
+    matchers: Vec<Matcher>,
+}
+
+/// The patterns a rule has for one field.
+#[derive(Debug, Clone, PartialEq)]
+struct Matcher {
+    field: CertField,
+    patterns: Vec<Glob>,
+}
+
+impl Matcher {
+    fn matches(&self, id: &Identity) -> bool {
+        id.values(self.field)
+            .iter()
+            .any(|value| self.patterns.iter().any(|p| p.matches(value)))
+    }
 }
 
 impl RoleRule {
-    pub fn has_matchers(&self) -> bool {
-        self.matchers().any(|(_, m)| m.is_some())
+    /// A rule granting `roles`, with no matcher yet.
+    pub fn new(roles: Vec<String>) -> RoleRule {
+        RoleRule {
+            roles,
+            matchers: Vec::new(),
+        }
     }
 
-    /// (field name, patterns) pairs, in a fixed order, for matching and explaining.
-    fn matchers(&self) -> impl Iterator<Item = (&'static str, Option<&Vec<Glob>>)> {
-        [
-            ("cn", self.cn.as_ref()),
-            ("ou", self.ou.as_ref()),
-            ("o", self.o.as_ref()),
-            ("subject", self.subject.as_ref()),
-            ("issuer_cn", self.issuer_cn.as_ref()),
-            ("dns", self.dns.as_ref()),
-            ("uri", self.uri.as_ref()),
-            ("email", self.email.as_ref()),
-            ("spiffe_id", self.spiffe_id.as_ref()),
-            ("fingerprint_sha256", self.fingerprint_sha256.as_ref()),
-            ("serial", self.serial.as_ref()),
-        ]
-        .into_iter()
+    /// This rule with `patterns` as its matcher on `field`, replacing any
+    /// it had. Patterns are used as given: [`Glob::for_field`] compiles
+    /// them the way the field compares.
+    #[must_use]
+    pub fn with(mut self, field: CertField, patterns: Vec<Glob>) -> RoleRule {
+        let matcher = Matcher { field, patterns };
+        match self.matchers.binary_search_by_key(&field, |m| m.field) {
+            Ok(i) => self.matchers[i] = matcher,
+            Err(i) => self.matchers.insert(i, matcher),
+        }
+        self
+    }
+
+    pub fn has_matchers(&self) -> bool {
+        !self.matchers.is_empty()
+    }
+
+    /// The patterns this rule has for `field`, if it matches on it.
+    pub fn patterns(&self, field: CertField) -> Option<&[Glob]> {
+        self.matchers
+            .iter()
+            .find(|m| m.field == field)
+            .map(|m| m.patterns.as_slice())
+    }
+
+    /// (field, patterns) pairs in [`CertField::ALL`] order, for matching
+    /// and explaining.
+    pub fn matchers(&self) -> impl Iterator<Item = (CertField, &[Glob])> {
+        self.matchers
+            .iter()
+            .map(|m| (m.field, m.patterns.as_slice()))
     }
 
     pub fn matches(&self, id: &Identity) -> bool {
-        self.ambiguity(id).is_none()
-            && self.matchers().all(|(field, patterns)| match patterns {
-                None => true,
-                Some(patterns) => id
-                    .field_values(field)
-                    .any(|value| patterns.iter().any(|p| p.matches(value))),
-            })
+        self.ambiguity(id).is_none() && self.matchers.iter().all(|m| m.matches(id))
     }
 
     /// The first single-valued field this rule matches on that `id` carries
     /// more than once: which of the values the rule meant is unknowable, so
     /// the rule does not grant.
     pub fn ambiguity(&self, id: &Identity) -> Option<Ambiguity> {
-        self.matchers()
-            .filter(|(field, patterns)| patterns.is_some() && SINGLE_VALUED.contains(field))
-            .find_map(|(field, _)| {
-                let values = id.field_values(field).count();
-                (values > 1).then_some(Ambiguity { field, values })
+        self.matchers
+            .iter()
+            .filter(|m| m.field.is_single_valued())
+            .find_map(|m| {
+                let values = id.values(m.field).len();
+                (values > 1).then_some(Ambiguity {
+                    field: m.field,
+                    values,
+                })
             })
     }
 
     /// The rule as the operator wrote it, for `explain` and logs.
     pub fn describe(&self) -> String {
         let mut parts: Vec<String> = self
-            .matchers()
-            .filter_map(|(field, p)| {
-                let p = p?;
-                let pats: Vec<&str> = p.iter().map(Glob::as_str).collect();
-                Some(format!("{field}={}", pats.join("|")))
+            .matchers
+            .iter()
+            .map(|m| {
+                let pats: Vec<&str> = m.patterns.iter().map(Glob::as_str).collect();
+                format!("{}={}", m.field.name(), pats.join("|"))
             })
             .collect();
         parts.push(format!("=> {}", self.roles.join(",")));
@@ -88,29 +112,21 @@ impl RoleRule {
     }
 }
 
-/// Fields a certificate is expected to carry once.
-const SINGLE_VALUED: [&str; 5] = ["cn", "o", "issuer_cn", "serial", "fingerprint_sha256"];
-
 /// A rule that does not grant because the certificate carries one of its
 /// single-valued fields several times.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Ambiguity {
-    pub field: &'static str,
+    pub field: CertField,
     pub values: usize,
 }
 
 impl std::fmt::Display for Ambiguity {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let name = match self.field {
-            "cn" => "CN",
-            "o" => "O",
-            "issuer_cn" => "issuer CN",
-            other => other,
-        };
         write!(
             f,
-            "ambiguous: certificate has {} {name} values",
-            self.values
+            "ambiguous: certificate has {} {} values",
+            self.values,
+            self.field.display_name()
         )
     }
 }
@@ -218,18 +234,15 @@ mod tests {
     }
 
     fn rule(roles: &[&str]) -> RoleRule {
-        RoleRule {
-            roles: roles.iter().map(|r| r.to_string()).collect(),
-            ..RoleRule::default()
-        }
+        RoleRule::new(roles.iter().map(|r| r.to_string()).collect())
     }
 
-    fn g(p: &str) -> Option<Vec<Glob>> {
-        Some(vec![Glob::new(p, false)])
+    fn g(p: &str) -> Vec<Glob> {
+        vec![Glob::new(p, false)]
     }
 
-    fn gi(p: &str) -> Option<Vec<Glob>> {
-        Some(vec![Glob::new(p, true)])
+    fn gi(p: &str) -> Vec<Glob> {
+        vec![Glob::new(p, true)]
     }
 
     #[test]
@@ -237,140 +250,90 @@ mod tests {
         let cases: Vec<(&str, RoleRule, bool)> = vec![
             (
                 "cn glob",
-                RoleRule {
-                    cn: g("billing-*"),
-                    ..rule(&["R"])
-                },
+                rule(&["R"]).with(CertField::Cn, g("billing-*")),
                 true,
             ),
             (
                 "cn miss",
-                RoleRule {
-                    cn: g("orders-*"),
-                    ..rule(&["R"])
-                },
+                rule(&["R"]).with(CertField::Cn, g("orders-*")),
                 false,
             ),
             (
                 "cn is case sensitive",
-                RoleRule {
-                    cn: g("BILLING-*"),
-                    ..rule(&["R"])
-                },
+                rule(&["R"]).with(CertField::Cn, g("BILLING-*")),
                 false,
             ),
             (
                 "ou any value",
-                RoleRule {
-                    ou: g("eu"),
-                    ..rule(&["R"])
-                },
+                rule(&["R"]).with(CertField::Ou, g("eu")),
                 true,
             ),
-            (
-                "o exact",
-                RoleRule {
-                    o: g("Acme"),
-                    ..rule(&["R"])
-                },
-                true,
-            ),
+            ("o exact", rule(&["R"]).with(CertField::O, g("Acme")), true),
             (
                 "subject whole dn",
-                RoleRule {
-                    subject: Some(vec![Glob::dn("CN=billing-api,*,*")]),
-                    ..rule(&["R"])
-                },
+                rule(&["R"]).with(CertField::Subject, vec![Glob::dn("CN=billing-api,*,*")]),
                 true,
             ),
             (
                 "subject star stays in one rdn",
-                RoleRule {
-                    subject: Some(vec![Glob::dn("CN=billing-api,*")]),
-                    ..rule(&["R"])
-                },
+                rule(&["R"]).with(CertField::Subject, vec![Glob::dn("CN=billing-api,*")]),
                 false,
             ),
             (
                 "issuer cn",
-                RoleRule {
-                    issuer_cn: g("Acme Clients CA"),
-                    ..rule(&["R"])
-                },
+                rule(&["R"]).with(CertField::IssuerCn, g("Acme Clients CA")),
                 true,
             ),
             (
                 "dns case insensitive",
-                RoleRule {
-                    dns: gi("*.INTERNAL"),
-                    ..rule(&["R"])
-                },
+                rule(&["R"]).with(CertField::Dns, gi("*.INTERNAL")),
                 true,
             ),
             (
                 "uri",
-                RoleRule {
-                    uri: g("spiffe://acme.org/*"),
-                    ..rule(&["R"])
-                },
+                rule(&["R"]).with(CertField::Uri, g("spiffe://acme.org/*")),
                 true,
             ),
             (
                 "email case insensitive",
-                RoleRule {
-                    email: gi("billing@acme.org"),
-                    ..rule(&["R"])
-                },
+                rule(&["R"]).with(CertField::Email, gi("billing@acme.org")),
                 true,
             ),
             (
                 "spiffe id",
-                RoleRule {
-                    spiffe_id: g("spiffe://acme.org/ns/pay/*"),
-                    ..rule(&["R"])
-                },
+                rule(&["R"]).with(CertField::SpiffeId, g("spiffe://acme.org/ns/pay/*")),
                 true,
             ),
             (
                 "fingerprint",
-                RoleRule {
-                    fingerprint_sha256: gi(&"AB".repeat(32)),
-                    ..rule(&["R"])
-                },
+                rule(&["R"]).with(CertField::FingerprintSha256, gi(&"AB".repeat(32))),
                 true,
             ),
             (
                 "serial",
-                RoleRule {
-                    serial: gi("1a2b"),
-                    ..rule(&["R"])
-                },
+                rule(&["R"]).with(CertField::Serial, gi("1a2b")),
                 true,
             ),
             (
                 "and: both match",
-                RoleRule {
-                    cn: g("billing-*"),
-                    ou: g("payments"),
-                    ..rule(&["R"])
-                },
+                rule(&["R"])
+                    .with(CertField::Cn, g("billing-*"))
+                    .with(CertField::Ou, g("payments")),
                 true,
             ),
             (
                 "and: one misses",
-                RoleRule {
-                    cn: g("billing-*"),
-                    ou: g("hr"),
-                    ..rule(&["R"])
-                },
+                rule(&["R"])
+                    .with(CertField::Cn, g("billing-*"))
+                    .with(CertField::Ou, g("hr")),
                 false,
             ),
             (
                 "several patterns: any",
-                RoleRule {
-                    cn: Some(vec![Glob::new("x", false), Glob::new("billing-api", false)]),
-                    ..rule(&["R"])
-                },
+                rule(&["R"]).with(
+                    CertField::Cn,
+                    vec![Glob::new("x", false), Glob::new("billing-api", false)],
+                ),
                 true,
             ),
         ];
@@ -393,50 +356,32 @@ mod tests {
         let cases: Vec<(&str, RoleRule, Option<&str>)> = vec![
             (
                 "cn",
-                RoleRule {
-                    cn: g("billing-api"),
-                    ..rule(&["R"])
-                },
+                rule(&["R"]).with(CertField::Cn, g("billing-api")),
                 Some("ambiguous: certificate has 2 CN values"),
             ),
             (
                 "cn with a pattern matching both",
-                RoleRule {
-                    cn: g("*"),
-                    ..rule(&["R"])
-                },
+                rule(&["R"]).with(CertField::Cn, g("*")),
                 Some("ambiguous: certificate has 2 CN values"),
             ),
             (
                 "o",
-                RoleRule {
-                    o: g("Acme"),
-                    ..rule(&["R"])
-                },
+                rule(&["R"]).with(CertField::O, g("Acme")),
                 Some("ambiguous: certificate has 2 O values"),
             ),
             (
                 "issuer cn",
-                RoleRule {
-                    issuer_cn: g("Acme Clients CA"),
-                    ..rule(&["R"])
-                },
+                rule(&["R"]).with(CertField::IssuerCn, g("Acme Clients CA")),
                 Some("ambiguous: certificate has 2 issuer CN values"),
             ),
             (
                 "ou is multi-valued",
-                RoleRule {
-                    ou: g("payments"),
-                    ..rule(&["R"])
-                },
+                rule(&["R"]).with(CertField::Ou, g("payments")),
                 None,
             ),
             (
                 "a rule without the field does not care",
-                RoleRule {
-                    dns: gi("billing.internal"),
-                    ..rule(&["R"])
-                },
+                rule(&["R"]).with(CertField::Dns, gi("billing.internal")),
                 None,
             ),
         ];
@@ -452,10 +397,7 @@ mod tests {
     fn absent_spiffe_id_never_matches() {
         let mut identity = id();
         identity.spiffe_id = None;
-        let r = RoleRule {
-            spiffe_id: g("*"),
-            ..rule(&["R"])
-        };
+        let r = rule(&["R"]).with(CertField::SpiffeId, g("*"));
         assert!(!r.matches(&identity));
     }
 
@@ -464,18 +406,9 @@ mod tests {
         let mapper = RoleMapper::new(
             &["ROLE_BASE".into()],
             vec![
-                RoleRule {
-                    cn: g("billing-*"),
-                    ..rule(&["ROLE_USER", "ROLE_BASE"])
-                },
-                RoleRule {
-                    ou: g("hr"),
-                    ..rule(&["ROLE_HR"])
-                },
-                RoleRule {
-                    ou: g("payments"),
-                    ..rule(&["ROLE_ADMIN"])
-                },
+                rule(&["ROLE_USER", "ROLE_BASE"]).with(CertField::Cn, g("billing-*")),
+                rule(&["ROLE_HR"]).with(CertField::Ou, g("hr")),
+                rule(&["ROLE_ADMIN"]).with(CertField::Ou, g("payments")),
             ],
         );
         let roles = mapper.roles_for(&id());
@@ -488,13 +421,7 @@ mod tests {
 
     #[test]
     fn no_rule_matches_gives_only_defaults() {
-        let mapper = RoleMapper::new(
-            &[],
-            vec![RoleRule {
-                cn: g("nope"),
-                ..rule(&["ROLE_X"])
-            }],
-        );
+        let mapper = RoleMapper::new(&[], vec![rule(&["ROLE_X"]).with(CertField::Cn, g("nope"))]);
         assert_eq!(mapper.roles_for(&id()), Roles::default());
     }
 }

@@ -27,11 +27,62 @@ impl LoadError {
     }
 }
 
+/// What a loaded certificate is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CertKind {
+    /// `server_tls`'s default certificate.
+    Server,
+    /// A `[[server_tls.sni]]` certificate.
+    Sni,
+    /// A trusted client CA.
+    ClientCa,
+}
+
+impl CertKind {
+    /// The name `check` and `/status` show.
+    pub const fn label(self) -> &'static str {
+        match self {
+            CertKind::Server => "server",
+            CertKind::Sni => "sni",
+            CertKind::ClientCa => "client_ca",
+        }
+    }
+
+    /// The `kind` label of the expiry gauge. SNI certificates are labelled
+    /// `server`: they are served, and an alert on a served certificate
+    /// should not depend on which name it answers.
+    pub const fn metric_label(self) -> &'static str {
+        match self {
+            CertKind::Server | CertKind::Sni => "server",
+            CertKind::ClientCa => "client_ca",
+        }
+    }
+
+    /// Whether the gateway presents this certificate to clients.
+    pub const fn is_served(self) -> bool {
+        match self {
+            CertKind::Server | CertKind::Sni => true,
+            CertKind::ClientCa => false,
+        }
+    }
+}
+
+impl std::fmt::Display for CertKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.label())
+    }
+}
+
+impl serde::Serialize for CertKind {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.label())
+    }
+}
+
 /// What `check`, `/status` and the expiry metrics say about a certificate.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct CertInfo {
-    /// `server`, `sni` or `client_ca`.
-    pub kind: &'static str,
+    pub kind: CertKind,
     /// For SNI certificates, the server name they answer.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub server_name: Option<String>,
@@ -238,7 +289,7 @@ pub fn crl_info(file: &Path, der: &[u8]) -> Option<CrlInfo> {
 }
 
 pub fn cert_info(
-    kind: &'static str,
+    kind: CertKind,
     server_name: Option<&str>,
     file: &Path,
     der: &[u8],

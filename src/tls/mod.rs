@@ -10,7 +10,7 @@ pub mod pkcs12;
 pub mod server;
 pub mod verify;
 
-pub use load::{CertInfo, CrlInfo, LoadError};
+pub use load::{CertInfo, CertKind, CrlInfo, LoadError};
 pub use server::{build_server_config, ServerCerts};
 pub use verify::{build_client_verifier, classify_error, HandshakeFailure};
 

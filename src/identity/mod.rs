@@ -1,5 +1,5 @@
 //! The verified client leaf certificate, read once per connection into the
-//! fields that role rules match and identity headers carry. Parsing only:
+//! fields that role rules match ([`CertField`]) and identity headers carry. Parsing only:
 //! the chain was already verified by rustls before this runs.
 //!
 //! Every string here is header-safe: visible ASCII and spaces, with any other
@@ -11,6 +11,10 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 use x509_parser::prelude::*;
+
+mod field;
+
+pub use field::{CertField, Compare};
 
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
@@ -106,25 +110,6 @@ impl Identity {
             _ => None,
         };
         Ok(id)
-    }
-
-    /// The values a `[[roles.map]]` matcher named `field` compares against.
-    pub fn field_values(&self, field: &str) -> impl Iterator<Item = &str> {
-        let values: &[String] = match field {
-            "cn" => &self.cn,
-            "ou" => &self.ou,
-            "o" => &self.o,
-            "subject" => std::slice::from_ref(&self.subject),
-            "issuer_cn" => &self.issuer_cn,
-            "dns" => &self.dns,
-            "uri" => &self.uri,
-            "email" => &self.email,
-            "spiffe_id" => self.spiffe_id.as_slice(),
-            "fingerprint_sha256" => std::slice::from_ref(&self.fingerprint_sha256),
-            "serial" => std::slice::from_ref(&self.serial),
-            _ => &[],
-        };
-        values.iter().map(String::as_str)
     }
 }
 
