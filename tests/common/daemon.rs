@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::client::{Proto, TestClient};
 use super::files::{replace_atomically, write};
@@ -108,8 +108,8 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// Starts `certgate run -c config` with JSON logs and waits until it
-    /// reports its listening address.
+    /// Starts `certgate run -c config` with JSON logs and waits until it is
+    /// ready (see [`Gateway::attach`]).
     pub fn start(config: &Path, env: &[(String, String)]) -> Gateway {
         let mut cmd = Command::new(BIN);
         cmd.arg("run")
@@ -129,8 +129,17 @@ impl Gateway {
         Self::attach(child)
     }
 
-    /// Follows the stderr of an already spawned daemon until it is listening.
+    /// Follows the stderr of an already spawned daemon (started by
+    /// [`Gateway::start`], or by a test that passes it sockets as systemd
+    /// does) and returns once it is ready to serve.
+    ///
+    /// The addresses come from the log: the daemon binds port 0 (or is
+    /// handed sockets), and its "admin listener ready" and "certgate
+    /// listening" lines are the only place that names the ports it got.
+    /// Readiness is the admin listener's `/readyz` answering 200, the
+    /// signal a load balancer or orchestrator uses, not the log text.
     pub fn attach(mut child: Child) -> Gateway {
+        let deadline = Instant::now() + START_TIMEOUT;
         let stderr = child.stderr.take().expect("stderr piped");
         let logs = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = std::sync::mpsc::channel::<(Option<SocketAddr>, Option<SocketAddr>)>();
@@ -154,17 +163,35 @@ impl Gateway {
                 let _ = tx.send((None, None));
             });
         }
-        let (addr, admin) = rx
-            .recv_timeout(Duration::from_secs(30))
-            .unwrap_or((None, None));
+        let (addr, admin) = rx.recv_timeout(START_TIMEOUT).unwrap_or((None, None));
         let Some(addr) = addr else {
-            let _ = child.kill();
-            std::thread::sleep(Duration::from_millis(200));
-            panic!(
-                "certgate did not start; logs:\n{}",
-                logs.lock().unwrap().join("\n")
-            );
+            not_started(child, &logs, "no listening address in the log");
         };
+        // Without an admin listener (`admin.address = ""` disables it)
+        // there is no `/readyz` to ask. The daemon logs "certgate
+        // listening" only after the mTLS listener is bound and its accept
+        // loop spawned, so connections to `addr` are served from then on:
+        // that line is the best readiness signal such a config leaves.
+        if let Some(admin) = admin {
+            let mut last = None;
+            loop {
+                if let Ok(Some(status)) = child.try_wait() {
+                    not_started(child, &logs, &format!("exited with {status}"));
+                }
+                last = readyz(admin).or(last);
+                if last == Some(200) {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    let why = format!(
+                        "/readyz on {admin} did not answer 200 within {START_TIMEOUT:?} \
+                         (last status: {last:?})"
+                    );
+                    not_started(child, &logs, &why);
+                }
+                std::thread::sleep(Duration::from_millis(25));
+            }
+        }
         Gateway {
             child,
             addr,
@@ -222,6 +249,34 @@ impl Drop for Gateway {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// How long a starting daemon has to name its addresses and get ready.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Kills a daemon that did not get ready and panics with why and its logs.
+fn not_started(mut child: Child, logs: &Mutex<Vec<String>>, why: &str) -> ! {
+    let _ = child.kill();
+    let _ = child.wait();
+    // The log thread may still be draining stderr into `logs`.
+    std::thread::sleep(Duration::from_millis(200));
+    panic!(
+        "certgate did not start ({why}); logs:\n{}",
+        logs.lock().unwrap().join("\n")
+    );
+}
+
+/// The status of `GET /readyz` on the admin listener, `None` while it
+/// cannot be reached (not accepting yet) or does not answer in time.
+fn readyz(admin: SocketAddr) -> Option<u16> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&admin, Duration::from_secs(1)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    s.write_all(b"GET /readyz HTTP/1.0\r\nHost: admin\r\n\r\n")
+        .ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    buf.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// Reads one sample's value from Prometheus text (0 when absent).
