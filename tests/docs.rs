@@ -1,8 +1,10 @@
 //! The README's configuration reference is a valid config, and it names
 //! every configuration key of the product contract (SPEC §3, and the §10
-//! keys certgate implements), so the two cannot drift apart. Nothing here
-//! reads outside the repository: the contract's keys are listed below and
-//! its example config is `tests/data/contract-config.toml`.
+//! keys certgate implements), so the two cannot drift apart. Every other
+//! TOML example in the README is a valid config or a fragment naming only
+//! keys the reference documents. Nothing here reads outside the repository:
+//! the contract's keys are listed below and its example config is
+//! `tests/data/contract-config.toml`.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -153,4 +155,94 @@ fn spec_configuration_block_is_accepted() {
         Vec::new(),
     )
     .unwrap_or_else(|e| panic!("SPEC §3 example is rejected: {e}"));
+}
+
+/// Every ```toml block of a markdown document, fences indented or not (a
+/// block inside a list item), with the fence's indentation removed.
+fn toml_blocks(doc: &str) -> Vec<String> {
+    let mut blocks = Vec::new();
+    let mut lines = doc.lines();
+    while let Some(line) = lines.next() {
+        let Some(indent) = line.strip_suffix("```toml") else {
+            continue;
+        };
+        if !indent.trim().is_empty() {
+            continue;
+        }
+        let mut block = String::new();
+        loop {
+            let line = lines.next().expect("a closed ```toml block");
+            if line.trim() == "```" {
+                break;
+            }
+            block.push_str(line.strip_prefix(indent).unwrap_or(line));
+            block.push('\n');
+        }
+        blocks.push(block);
+    }
+    blocks
+}
+
+/// `text` with its commented-out assignments (`# key = value`, the way the
+/// reference shows optional and alternative keys) made live.
+fn with_commented_keys(text: &str) -> String {
+    text.lines()
+        .map(|line| match line.trim_start().strip_prefix("# ") {
+            Some(rest)
+                if toml::from_str::<toml::Table>(rest)
+                    .is_ok_and(|t| t.len() == 1 && t.values().all(|v| !v.is_table())) =>
+            {
+                rest
+            }
+            _ => line,
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn every_readme_toml_example_is_a_config_or_a_known_fragment() {
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let reference = with_commented_keys(&readme_reference());
+    let known_keys = keys(&reference);
+    let reference_table: toml::Table = toml::from_str(&reference).expect("reference is TOML");
+    let known_sections: BTreeSet<&String> = reference_table.keys().collect();
+
+    let blocks = toml_blocks(&readme);
+    assert_eq!(
+        blocks.len(),
+        readme.matches("```toml").count(),
+        "every ```toml fence opens a block"
+    );
+    assert!(blocks.len() > 1, "too few TOML examples: {blocks:?}");
+    for block in &blocks {
+        let table: toml::Table = toml::from_str(block)
+            .unwrap_or_else(|e| panic!("README example is not TOML ({e}):\n{block}"));
+        // A block with a [listener] section is meant as a whole config.
+        if table.contains_key("listener") {
+            certgate::config::Config::from_toml(
+                Path::new("/etc/certgate/certgate.toml"),
+                block,
+                Vec::new(),
+            )
+            .unwrap_or_else(|e| panic!("README example does not parse ({e}):\n{block}"));
+            continue;
+        }
+        let sections: Vec<&String> = table
+            .keys()
+            .filter(|s| !known_sections.contains(s))
+            .collect();
+        assert!(
+            sections.is_empty(),
+            "README example names sections the reference lacks: {sections:?}\n{block}"
+        );
+        let names = keys(block);
+        assert!(!names.is_empty(), "README example names no key:\n{block}");
+        let unknown: Vec<&String> = names.difference(&known_keys).collect();
+        assert!(
+            unknown.is_empty(),
+            "README example names keys the reference lacks: {unknown:?}\n{block}"
+        );
+    }
 }
