@@ -47,55 +47,8 @@ pub fn summary(state: &State) -> String {
         cfg.listener.address
     );
     let _ = writeln!(out, "upstream: {}", cfg.upstream.url);
-    let _ = writeln!(out, "certificates:");
-    let now = crate::clock::unix_now();
-    for c in &state.certs {
-        let name = c
-            .server_name
-            .as_deref()
-            .map(|n| format!(" [{n}]"))
-            .unwrap_or_default();
-        let _ = writeln!(
-            out,
-            "  {}{name}: {}  key={}  sans=[{}]  not_after={}{}  ({})",
-            c.kind,
-            c.subject,
-            c.key_type,
-            c.dns_names.join(","),
-            c.not_after,
-            expiry_warning(c.not_after_unix, now),
-            c.file.display()
-        );
-    }
-    let _ = writeln!(out, "crls:");
-    for crl in &state.crls {
-        let _ = writeln!(
-            out,
-            "  {}: {} revoked, next_update={}  ({})",
-            crl.issuer,
-            crl.revoked,
-            crl.next_update.as_deref().unwrap_or("none"),
-            crl.file.display()
-        );
-    }
-    if state.crls.is_empty() {
-        let _ = writeln!(out, "  none (revocation is not checked)");
-    } else if cfg.client_auth.unknown_revocation == RevocationFallback::Allow
-        && !state.crl_coverage.cas_without_crl.is_empty()
-    {
-        let _ = writeln!(
-            out,
-            "warning: no CRL is loaded for trusted CA(s) [{}]: with unknown_revocation = \"allow\" their clients are never revocation-checked",
-            state.crl_coverage.cas_without_crl.join("; ")
-        );
-    }
-    if !state.crl_coverage.intermediate_issuers.is_empty() {
-        let _ = writeln!(
-            out,
-            "  CRLs of [{}], which are not trusted CAs, are verified at each handshake against the intermediate certificate the client presents",
-            state.crl_coverage.intermediate_issuers.join("; ")
-        );
-    }
+    certificates_report(state, &mut out);
+    crls_report(state, &mut out);
     let _ = writeln!(
         out,
         "roles: default=[{}] audit=[{}]",
@@ -114,6 +67,62 @@ pub fn summary(state: &State) -> String {
         let _ = writeln!(out, "  rule[{i}]: {}", describe_route(r));
     }
     out
+}
+
+fn certificates_report(state: &State, out: &mut String) {
+    let _ = writeln!(*out, "certificates:");
+    let now = crate::clock::unix_now();
+    for c in &state.certs {
+        let name = c
+            .server_name
+            .as_deref()
+            .map(|n| format!(" [{n}]"))
+            .unwrap_or_default();
+        let _ = writeln!(
+            *out,
+            "  {}{name}: {}  key={}  sans=[{}]  not_after={}{}  ({})",
+            c.kind,
+            c.subject,
+            c.key_type,
+            c.dns_names.join(","),
+            c.not_after,
+            expiry_warning(c.not_after_unix, now),
+            c.file.display()
+        );
+    }
+}
+
+fn crls_report(state: &State, out: &mut String) {
+    let cfg = &state.config;
+    let _ = writeln!(*out, "crls:");
+    for crl in &state.crls {
+        let _ = writeln!(
+            *out,
+            "  {}: {} revoked, next_update={}  ({})",
+            crl.issuer,
+            crl.revoked,
+            crl.next_update.as_deref().unwrap_or("none"),
+            crl.file.display()
+        );
+    }
+    if state.crls.is_empty() {
+        let _ = writeln!(*out, "  none (revocation is not checked)");
+    } else if cfg.client_auth.unknown_revocation == RevocationFallback::Allow
+        && !state.crl_coverage.cas_without_crl.is_empty()
+    {
+        let _ = writeln!(
+            *out,
+            "warning: no CRL is loaded for trusted CA(s) [{}]: with unknown_revocation = \"allow\" their clients are never revocation-checked",
+            state.crl_coverage.cas_without_crl.join("; ")
+        );
+    }
+    if !state.crl_coverage.intermediate_issuers.is_empty() {
+        let _ = writeln!(
+            *out,
+            "  CRLs of [{}], which are not trusted CAs, are verified at each handshake against the intermediate certificate the client presents",
+            state.crl_coverage.intermediate_issuers.join("; ")
+        );
+    }
 }
 
 fn expiry_warning(not_after_unix: i64, now: i64) -> String {
@@ -211,32 +220,7 @@ pub fn explain(
         state.crls.len()
     );
 
-    let roles = state.roles.roles_for(&identity);
-    let _ = writeln!(
-        out,
-        "default roles: [{}]",
-        state.config.roles.default.join(", ")
-    );
-    for i in &roles.matched_rules {
-        let _ = writeln!(
-            out,
-            "matched map[{i}]: {}",
-            state.roles.rules()[*i].describe()
-        );
-    }
-    if roles.matched_rules.is_empty() {
-        let _ = writeln!(out, "matched rules: none");
-    }
-    for (i, rule) in state.roles.rules().iter().enumerate() {
-        if let Some(ambiguity) = rule.ambiguity(&identity) {
-            let _ = writeln!(
-                out,
-                "map[{i}]: {ambiguity}, the rule grants nothing: {}",
-                rule.describe()
-            );
-        }
-    }
-    let _ = writeln!(out, "roles:       [{}]", roles.joined());
+    let roles = roles_report(state, &identity, &mut out);
 
     // The gateway authorizes the path alone; a query string never matters.
     let path = path.split_once('?').map_or(path, |(p, _)| p);
@@ -255,6 +239,38 @@ pub fn explain(
         report: out,
         allowed,
     })
+}
+
+/// The roles `identity` holds under `state`, with the rules that granted
+/// them and those that could not (ambiguous), written to `out`.
+fn roles_report(state: &State, identity: &Identity, out: &mut String) -> Roles {
+    let roles = state.roles.roles_for(identity);
+    let _ = writeln!(
+        *out,
+        "default roles: [{}]",
+        state.config.roles.default.join(", ")
+    );
+    for i in &roles.matched_rules {
+        let _ = writeln!(
+            *out,
+            "matched map[{i}]: {}",
+            state.roles.rules()[*i].describe()
+        );
+    }
+    if roles.matched_rules.is_empty() {
+        let _ = writeln!(*out, "matched rules: none");
+    }
+    for (i, rule) in state.roles.rules().iter().enumerate() {
+        if let Some(ambiguity) = rule.ambiguity(identity) {
+            let _ = writeln!(
+                *out,
+                "map[{i}]: {ambiguity}, the rule grants nothing: {}",
+                rule.describe()
+            );
+        }
+    }
+    let _ = writeln!(*out, "roles:       [{}]", roles.joined());
+    roles
 }
 
 fn identity_report(identity: &Identity) -> String {

@@ -83,98 +83,29 @@ impl State {
     /// bundle, a CRL rustls refuses or that does not verify against a
     /// trusted CA).
     pub fn build(config: Arc<Config>, generation: u64) -> Result<State, LoadFailure> {
-        let files_failed = |config: &Config, problems| LoadFailure::Files {
-            config: config.path.clone(),
-            problems,
-        };
         let mut problems = Vec::new();
         let mut certs = Vec::new();
-
-        let default = load_server_cert(
-            &config.server_tls.default,
-            CertKind::Server,
-            None,
-            &mut certs,
-        )
-        .map_err(|e| problems.push(e))
-        .ok();
-        let mut by_name = HashMap::new();
-        for sni in &config.server_tls.sni {
-            match load_server_cert(
-                &sni.source,
-                CertKind::Sni,
-                Some(&sni.server_name),
-                &mut certs,
-            ) {
-                Ok(ck) => {
-                    by_name.insert(sni.server_name.clone(), ck);
-                }
-                Err(e) => problems.push(e),
-            }
-        }
-
-        let ca = &config.client_auth;
-        let cas = load::load_ca_certs(&ca.trusted_cas, ca.trusted_cas_password_file.as_deref())
-            .map_err(|e| problems.push(e))
-            .unwrap_or_default();
-        if cas.is_empty() && problems.is_empty() {
-            problems.push(LoadError::new(
-                first_or_config(&ca.trusted_cas, &config.path),
-                "no CA certificates found: the client CA bundle is empty",
-            ));
-        }
-        for (file, der) in &cas {
-            certs.extend(load::cert_info(CertKind::ClientCa, None, file, der));
-        }
-        let crls = load::load_crls(&ca.crls)
-            .map_err(|e| problems.push(e))
-            .unwrap_or_default();
-        let crl_infos = crls
-            .iter()
-            .filter_map(|(file, der)| load::crl_info(file, der))
-            .collect();
-        // Without CAs (already a problem) every CRL would look untrusted.
-        let crl_coverage = if cas.is_empty() {
-            tls::crl::CrlCoverage::default()
-        } else {
-            tls::crl::verify_crls(&crls, &cas)
-                .map_err(|e| problems.extend(e))
-                .unwrap_or_default()
-        };
-
-        let verifier = if cas.is_empty() {
-            None
-        } else {
-            let ca_ders: Vec<CertificateDer<'static>> = cas.into_iter().map(|(_, c)| c).collect();
-            tls::build_client_verifier(&ca_ders, crls.into_iter().map(|(_, c)| c).collect(), ca)
-                .map_err(|reason| {
-                    let mut files = ca.trusted_cas.clone();
-                    files.extend(ca.crls.iter().cloned());
-                    problems.push(LoadError::new(
-                        first_or_config(&files, &config.path),
-                        reason.to_string(),
-                    ));
-                })
-                .ok()
-        };
-
+        let server_certs = load_server_certs(&config, &mut certs, &mut problems);
+        let client_auth = load_client_auth(&config, &mut certs, &mut problems);
         let upstream = Upstream::build(&config.upstream)
             .map_err(|e| problems.push(e))
             .ok();
 
-        let (Some(default), Some(verifier), Some(upstream), true) =
-            (default, verifier, upstream, problems.is_empty())
-        else {
-            return Err(files_failed(&config, problems));
+        let files_failed = |problems| LoadFailure::Files {
+            config: config.path.clone(),
+            problems,
         };
-
-        let server_certs = Arc::new(ServerCerts { default, by_name });
+        let (Some(server_certs), Some(client_auth), Some(upstream), true) =
+            (server_certs, client_auth, upstream, problems.is_empty())
+        else {
+            return Err(files_failed(problems));
+        };
         let tls = tls::build_server_config(
-            server_certs,
-            verifier.clone(),
+            Arc::new(server_certs),
+            client_auth.verifier.clone(),
             config.listener.min_tls_version,
         )
-        .map_err(|e| files_failed(&config, vec![LoadError::new(&config.path, e.to_string())]))?;
+        .map_err(|e| files_failed(vec![LoadError::new(&config.path, e.to_string())]))?;
 
         Ok(State {
             generation,
@@ -183,14 +114,14 @@ impl State {
                 config.authorization.default,
                 config.authorization.rules.clone(),
             ),
-            config,
             tls,
-            verifier,
+            verifier: client_auth.verifier,
             upstream: Arc::new(upstream),
             certs,
-            crls: crl_infos,
-            crl_coverage,
+            crls: client_auth.crls,
+            crl_coverage: client_auth.coverage,
             loaded_at_unix: crate::clock::unix_now(),
+            config,
         })
     }
 
@@ -201,6 +132,92 @@ impl State {
             .filter(|c| c.kind.is_served())
             .min_by_key(|c| c.not_after_unix)
     }
+}
+
+/// The default certificate and the SNI certificates; `None` when the
+/// default cannot be loaded (every failure is in `problems`).
+fn load_server_certs(
+    config: &Config,
+    certs: &mut Vec<CertInfo>,
+    problems: &mut Vec<LoadError>,
+) -> Option<ServerCerts> {
+    let default = load_server_cert(&config.server_tls.default, CertKind::Server, None, certs)
+        .map_err(|e| problems.push(e))
+        .ok();
+    let mut by_name = HashMap::new();
+    for sni in &config.server_tls.sni {
+        match load_server_cert(&sni.source, CertKind::Sni, Some(&sni.server_name), certs) {
+            Ok(ck) => {
+                by_name.insert(sni.server_name.clone(), ck);
+            }
+            Err(e) => problems.push(e),
+        }
+    }
+    Some(ServerCerts {
+        default: default?,
+        by_name,
+    })
+}
+
+/// What verifies client certificates: the trusted CAs and the CRLs.
+struct ClientAuth {
+    verifier: Arc<dyn ClientCertVerifier>,
+    crls: Vec<CrlInfo>,
+    coverage: tls::crl::CrlCoverage,
+}
+
+/// The client verifier from the trusted CAs and CRLs; `None` when it cannot
+/// be built (every failure is in `problems`).
+fn load_client_auth(
+    config: &Config,
+    certs: &mut Vec<CertInfo>,
+    problems: &mut Vec<LoadError>,
+) -> Option<ClientAuth> {
+    let ca = &config.client_auth;
+    let cas = load::load_ca_certs(&ca.trusted_cas, ca.trusted_cas_password_file.as_deref())
+        .map_err(|e| problems.push(e))
+        .unwrap_or_default();
+    if cas.is_empty() && problems.is_empty() {
+        problems.push(LoadError::new(
+            first_or_config(&ca.trusted_cas, &config.path),
+            "no CA certificates found: the client CA bundle is empty",
+        ));
+    }
+    for (file, der) in &cas {
+        certs.extend(load::cert_info(CertKind::ClientCa, None, file, der));
+    }
+    // Loaded even without CAs, so that their problems are reported too.
+    let crls = load::load_crls(&ca.crls)
+        .map_err(|e| problems.push(e))
+        .unwrap_or_default();
+    if cas.is_empty() {
+        // Every CRL would look untrusted; the missing CAs are the problem.
+        return None;
+    }
+    let crl_infos = crls
+        .iter()
+        .filter_map(|(file, der)| load::crl_info(file, der))
+        .collect();
+    let coverage = tls::crl::verify_crls(&crls, &cas)
+        .map_err(|e| problems.extend(e))
+        .unwrap_or_default();
+    let ca_ders: Vec<CertificateDer<'static>> = cas.into_iter().map(|(_, c)| c).collect();
+    let verifier =
+        tls::build_client_verifier(&ca_ders, crls.into_iter().map(|(_, c)| c).collect(), ca)
+            .map_err(|reason| {
+                let mut files = ca.trusted_cas.clone();
+                files.extend(ca.crls.iter().cloned());
+                problems.push(LoadError::new(
+                    first_or_config(&files, &config.path),
+                    reason.to_string(),
+                ));
+            })
+            .ok()?;
+    Some(ClientAuth {
+        verifier,
+        crls: crl_infos,
+        coverage,
+    })
 }
 
 fn first_or_config<'a>(files: &'a [PathBuf], config: &'a Path) -> &'a Path {

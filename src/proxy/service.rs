@@ -124,8 +124,39 @@ async fn process(
         }
     }
 
+    let req = upstream_request(
+        state,
+        client,
+        &grant,
+        req,
+        path.into_forwarded(),
+        request_id,
+    )?;
+    let progress = req.body().progress().clone();
+    progress.set_awaiting_head(true);
+    let upstream_started = Instant::now();
+    let result = state.upstream.send(req).await;
+    outcome.upstream = Some(upstream_started.elapsed());
+    progress.set_awaiting_head(false);
+    let (mut parts, body) = result.map_err(|e| blame(e.into(), &progress))?.into_parts();
+    headers::strip_hop_by_hop(&mut parts.headers);
+    if !is_http1 {
+        headers::detach_values(&mut parts.headers);
+    }
+    Ok(Response::from_parts(parts, Either::Left(body)))
+}
+
+/// The request as the upstream receives it: the normalized path (with
+/// the query as sent), the upstream's address, and the rewritten headers.
+fn upstream_request(
+    state: &State,
+    client: &ClientConnection,
+    grant: &Grant,
+    req: Request<RequestBody>,
+    forwarded: String,
+    request_id: &HeaderValue,
+) -> Result<Request<RequestBody>, GatewayError> {
     let (mut parts, body) = req.into_parts();
-    let forwarded = path.into_forwarded();
     let path_and_query = match parts.uri.query() {
         Some(q) => format!("{forwarded}?{q}"),
         None => forwarded,
@@ -149,24 +180,13 @@ async fn process(
             leaf_der: client.verified.leaf_der(),
             roles: &grant.roles_header,
             options: state.config.identity,
-            underscore_headers: listener.underscore_headers,
+            underscore_headers: state.config.listener.underscore_headers,
             forwarded_for: &client.forwarded_for,
             request_id,
         },
     );
 
-    let progress = body.progress().clone();
-    progress.set_awaiting_head(true);
-    let upstream_started = Instant::now();
-    let result = state.upstream.send(Request::from_parts(parts, body)).await;
-    outcome.upstream = Some(upstream_started.elapsed());
-    progress.set_awaiting_head(false);
-    let (mut parts, body) = result.map_err(|e| blame(e.into(), &progress))?.into_parts();
-    headers::strip_hop_by_hop(&mut parts.headers);
-    if !is_http1 {
-        headers::detach_values(&mut parts.headers);
-    }
-    Ok(Response::from_parts(parts, Either::Left(body)))
+    Ok(Request::from_parts(parts, body))
 }
 
 /// An upstream exchange that failed because of the client's request body
