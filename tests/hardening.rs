@@ -74,23 +74,6 @@ fn assert_between(what: &str, elapsed: Duration, min: Duration, max: Duration) {
     );
 }
 
-/// Number of open descriptors of a process.
-fn fd_count(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .unwrap()
-        .count()
-}
-
-/// Resident memory of a process, KiB.
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS in /proc/<pid>/status")
-}
-
 // ------------------------------------------------ hand-made TLS bytes ----
 
 const TLS1_0: u16 = 0x0301;
