@@ -318,22 +318,11 @@ mod tests {
         }
         h.insert("accept", HeaderValue::from_static("*/*"));
         h.insert("x_custom_flag", HeaderValue::from_static("kept"));
-        let id = identity();
-        let ids = IdentityHeaders::new(&id);
-        let roles = HeaderValue::from_static("ROLE_USER");
-        let rid = HeaderValue::from_static("rid");
-        prepare_request_headers(
+        rewrite(
             &mut h,
-            &Forwarding {
-                identity: &ids,
-                id: &id,
-                leaf_der: b"der-bytes",
-                roles: &roles,
-                options: IdentityConfig::default(),
-                underscore_headers: UnderscoreHeaders::Keep,
-                forwarded_for: &forwarded_for("127.0.0.9".parse().unwrap()),
-                request_id: &rid,
-            },
+            IdentityConfig::default(),
+            UnderscoreHeaders::Keep,
+            "127.0.0.9",
         );
         assert!(h.iter().all(|(_, v)| v != "forged"), "{h:?}");
         assert_eq!(h["x-client-roles"], "ROLE_USER");
@@ -348,29 +337,39 @@ mod tests {
         assert_eq!(h.get_all("x-client-roles").iter().count(), 1);
     }
 
-    #[test]
-    fn optional_certificate_headers() {
-        let mut h = HeaderMap::new();
+    /// Rewrites `h` for the test identity with roles `ROLE_USER`, as the
+    /// request service does.
+    fn rewrite(
+        h: &mut HeaderMap,
+        options: IdentityConfig,
+        underscores: UnderscoreHeaders,
+        ip: &str,
+    ) {
         let id = identity();
         let ids = IdentityHeaders::new(&id);
-        let roles = HeaderValue::from_static("");
-        let rid = HeaderValue::from_static("rid");
         prepare_request_headers(
-            &mut h,
+            h,
             &Forwarding {
                 identity: &ids,
                 id: &id,
                 leaf_der: b"der-bytes",
-                roles: &roles,
-                options: IdentityConfig {
-                    forward_cert: true,
-                    xfcc: true,
-                },
-                underscore_headers: UnderscoreHeaders::Drop,
-                forwarded_for: &forwarded_for("::1".parse().unwrap()),
-                request_id: &rid,
+                roles: &HeaderValue::from_static("ROLE_USER"),
+                options,
+                underscore_headers: underscores,
+                forwarded_for: &forwarded_for(ip.parse().unwrap()),
+                request_id: &HeaderValue::from_static("rid"),
             },
         );
+    }
+
+    #[test]
+    fn optional_certificate_headers() {
+        let mut h = HeaderMap::new();
+        let both = IdentityConfig {
+            forward_cert: true,
+            xfcc: true,
+        };
+        rewrite(&mut h, both, UnderscoreHeaders::Drop, "::1");
         let cert = h["x-client-cert"].to_str().unwrap();
         assert!(cert.starts_with("-----BEGIN%20CERTIFICATE-----"), "{cert}");
         assert_eq!(
@@ -401,22 +400,11 @@ mod tests {
         h.insert("x_custom_flag", HeaderValue::from_static("1"));
         h.insert("my_token", HeaderValue::from_static("1"));
         h.insert("x-plain", HeaderValue::from_static("1"));
-        let id = identity();
-        let ids = IdentityHeaders::new(&id);
-        let roles = HeaderValue::from_static("");
-        let rid = HeaderValue::from_static("rid");
-        prepare_request_headers(
+        rewrite(
             &mut h,
-            &Forwarding {
-                identity: &ids,
-                id: &id,
-                leaf_der: b"der-bytes",
-                roles: &roles,
-                options: IdentityConfig::default(),
-                underscore_headers: UnderscoreHeaders::Drop,
-                forwarded_for: &forwarded_for("::1".parse().unwrap()),
-                request_id: &rid,
-            },
+            IdentityConfig::default(),
+            UnderscoreHeaders::Drop,
+            "::1",
         );
         assert!(h.keys().all(|n| !n.as_str().contains('_')), "{h:?}");
         assert_eq!(h["x-plain"], "1");
