@@ -700,7 +700,7 @@ impl Validator<'_> {
         for (i, rule) in r.map.into_iter().enumerate() {
             match RoleRule::from_raw(rule) {
                 Ok(rule) => map.push(rule),
-                Err(e) => self.problem(format!("roles.map[{i}]"), e),
+                Err(e) => self.problem(format!("roles.map[{i}]"), e.to_string()),
             }
         }
         RolesConfig {
@@ -817,14 +817,12 @@ fn valid_sni_pattern(name: &str) -> bool {
 
 /// Role rule matchers compile patterns here so `policy` stays free of serde.
 impl RoleRule {
-    fn from_raw(raw: raw::RawRoleRule) -> Result<RoleRule, String> {
+    fn from_raw(raw: raw::RawRoleRule) -> Result<RoleRule, RoleRuleError> {
         if raw.roles.is_empty() {
-            return Err("roles must name at least one role".into());
+            return Err(RoleRuleError::NoRoles);
         }
         if let Some(bad) = raw.roles.iter().find(|r| !valid_role(r)) {
-            return Err(format!(
-                "role `{bad}` must be 1-128 visible ASCII characters without commas"
-            ));
+            return Err(RoleRuleError::BadRole(bad.clone()));
         }
         let mut rule = RoleRule::new(raw.roles);
         for (field, patterns) in raw.matchers {
@@ -836,14 +834,29 @@ impl RoleRule {
             rule = rule.with(field, globs);
         }
         if !rule.has_matchers() {
-            let fields: Vec<&str> = CertField::ALL.iter().map(|f| f.name()).collect();
-            return Err(format!(
-                "a rule needs at least one matcher ({}); use roles.default for roles every client gets",
-                fields.join(", ")
-            ));
+            return Err(RoleRuleError::NoMatchers);
         }
         Ok(rule)
     }
+}
+
+/// Why a `[[roles.map]]` rule is invalid.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RoleRuleError {
+    #[error("roles must name at least one role")]
+    NoRoles,
+    #[error("role `{0}` must be 1-128 visible ASCII characters without commas")]
+    BadRole(String),
+    #[error(
+        "a rule needs at least one matcher ({}); use roles.default for roles every client gets",
+        matcher_names()
+    )]
+    NoMatchers,
+}
+
+fn matcher_names() -> String {
+    let names: Vec<&str> = CertField::ALL.iter().map(|f| f.name()).collect();
+    names.join(", ")
 }
 
 #[cfg(test)]
