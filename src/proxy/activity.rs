@@ -61,7 +61,7 @@ pub(super) struct Activity {
     /// A response said the client may not use the connection again.
     close_requested: AtomicBool,
     /// The HTTP/1 exchange in flight (restarted by each request). HTTP/2
-    /// streams each have their own (see `progress`).
+    /// streams each have their own (see `streams`).
     pub(super) progress: Arc<Progress>,
     /// Wakes the connection loop when its next deadline may have moved
     /// earlier: a head started, an HTTP/1 request began, or the last
@@ -186,6 +186,7 @@ impl Activity {
         if !self.tracks_heads {
             return;
         }
+        self.progress.touch();
         let mut s = self.lock();
         if s.in_flight == 0 && s.head_started.is_none() {
             s.head_started = Some(Instant::now());
@@ -196,6 +197,14 @@ impl Activity {
     /// A read found nothing (or ended the stream).
     pub(super) fn read_blocked(&self, blocked: bool) {
         self.read_blocked.store(blocked, Ordering::Relaxed);
+    }
+
+    /// The client took bytes: progress of the HTTP/1 exchange (a reader
+    /// that stops reading stops it). HTTP/2 streams count their own frames.
+    pub(super) fn sent(&self) {
+        if self.tracks_heads {
+            self.progress.touch();
+        }
     }
 
     /// Bytes were offered to the transport (whether or not it took them).

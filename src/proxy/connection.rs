@@ -422,10 +422,10 @@ fn http2_builder(
     builder
         .timer(TokioTimer::new())
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
-        // The header list size a client is told it may send. Clients refuse
-        // to send a larger one themselves and report REFUSED_STREAM, which
-        // tells them to retry; a head above `max_header_bytes` but below this
-        // gets the service's final 431. This bounds the memory a head can take.
+        // The header list size a client is told it may send: a head above
+        // `max_header_bytes` but below this reaches the service and gets its
+        // counted, JSON 431; beyond it h2 answers a bare 431 and resets the
+        // stream. This bounds the memory a head can take.
         .max_header_list_size(
             u32::try_from(limits.max_header_bytes * H2_HEADER_LIST_FACTOR).unwrap_or(u32::MAX),
         )
@@ -443,11 +443,9 @@ struct Watched {
 }
 
 impl Watched {
-    /// The client took bytes: progress of the HTTP/1 exchange (a reader
-    /// that stops reading stops it).
     fn wrote_some(&self, polled: &Poll<io::Result<usize>>) {
         if matches!(polled, Poll::Ready(Ok(n)) if *n > 0) {
-            self.activity.progress.touch();
+            self.activity.sent();
         }
     }
 }
@@ -471,10 +469,7 @@ impl AsyncRead for Watched {
         let before = buf.filled().len();
         let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
         match polled {
-            Poll::Ready(Ok(())) if buf.filled().len() > before => {
-                this.activity.received();
-                this.activity.progress.touch();
-            }
+            Poll::Ready(Ok(())) if buf.filled().len() > before => this.activity.received(),
             Poll::Pending => this.activity.read_blocked(true),
             // End of stream or an error: hyper closes the connection.
             Poll::Ready(_) => this.activity.read_blocked(false),
