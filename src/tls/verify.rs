@@ -14,6 +14,17 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 
 use crate::config::{ClientAuthConfig, CrlScope, RevocationFallback};
 
+/// Why the client verifier could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum VerifierError {
+    #[error("not usable as a trust anchor: {0}")]
+    TrustAnchor(rustls::Error),
+    #[error("no trusted CA certificates")]
+    NoTrustAnchors,
+    #[error(transparent)]
+    Builder(#[from] rustls::server::VerifierBuilderError),
+}
+
 /// Builds the verifier that every handshake (and every per-request
 /// re-check after a reload) uses. Each revocation knob is set on purpose:
 ///
@@ -27,17 +38,6 @@ use crate::config::{ClientAuthConfig, CrlScope, RevocationFallback};
 /// The result is a [`ClientVerifier`]: webpki's verdict first, then the
 /// leaf checks of [`check_leaf`].
 ///
-/// Why the client verifier could not be built.
-#[derive(Debug, thiserror::Error)]
-pub enum VerifierError {
-    #[error("not usable as a trust anchor: {0}")]
-    TrustAnchor(rustls::Error),
-    #[error("no trusted CA certificates")]
-    NoTrustAnchors,
-    #[error(transparent)]
-    Builder(#[from] rustls::server::VerifierBuilderError),
-}
-
 /// # Errors
 /// No usable trust anchor, or a CRL rustls cannot use.
 pub fn build_client_verifier(
