@@ -321,15 +321,10 @@ async fn trickled_upload_that_stops_is_closed() {
 async fn upstream_timeout_during_a_stalled_upload_blames_the_client() {
     let upstream = Upstream::start().await;
     let mut setup = setup(&upstream, "60s");
-    setup.extra.push_str("");
-    let gw = {
-        // upstream.timeout 1s (the generated config says 5s).
-        let text = setup
-            .config_text()
-            .replace("timeout = \"5s\"", "timeout = \"1s\"");
-        let config = write(setup.path(), "certgate.toml", &text);
-        Gateway::start(&config, &[])
-    };
+    setup
+        .env
+        .push(("CERTGATE_UPSTREAM__TIMEOUT".into(), "1s".into()));
+    let gw = setup.start();
     let client = setup.client(&setup.ca.issue(&LeafSpec::client("slow")));
     let mut tls = client.tls(gw.addr).await.unwrap();
     tls.write_all(b"POST /upload HTTP/1.1\r\nhost: localhost\r\ncontent-length: 100\r\n\r\nabc")
