@@ -1,13 +1,14 @@
-//! The README's configuration reference is a valid config, and it names
-//! every configuration key of the product contract (SPEC §3, and the §10
-//! keys certgate implements), so the two cannot drift apart. Every other
-//! TOML example in the README is a valid config or a fragment naming only
-//! keys the reference documents. Nothing here reads outside the repository:
-//! the contract's keys are listed below and its example config is
+//! The configuration reference, `examples/certgate.toml`, is a valid
+//! config; it names every configuration key of the product contract (SPEC
+//! §3, and the §10 keys certgate implements) and every key the parser
+//! accepts, so neither can drift from it. Every TOML example in the README
+//! and in `docs/` is a valid config or a fragment naming only keys the
+//! reference documents. Nothing here reads outside the repository: the
+//! contract's keys are listed below and its example config is
 //! `tests/data/contract-config.toml`.
 
-use std::collections::BTreeSet;
-use std::path::Path;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
 
 /// The configuration keys of the product contract: its §3 configuration
 /// block, and the §10 keys certgate implements (`listener.path_parameters`,
@@ -60,42 +61,67 @@ const CONTRACT_KEYS: &[&str] = &[
 /// The contract's example configuration (§3), verbatim.
 const CONTRACT_EXAMPLE: &str = include_str!("data/contract-config.toml");
 
-/// The first ```toml block after `heading` in a markdown document.
-fn toml_block_after<'a>(doc: &'a str, heading: &str) -> &'a str {
-    let start = doc
-        .find(heading)
-        .unwrap_or_else(|| panic!("no `{heading}` section"));
-    let rest = &doc[start..];
-    let open = rest.find("```toml\n").expect("a ```toml block") + "```toml\n".len();
-    let len = rest[open..].find("\n```").expect("closed block");
-    &rest[open..open + len]
+fn repo(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
 }
 
-/// `section.key` for every key assigned in a TOML document.
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn reference_path() -> PathBuf {
+    repo("examples/certgate.toml")
+}
+
+fn reference() -> String {
+    read(&reference_path())
+}
+
+fn parse_config(path: &Path, text: &str) -> Result<certgate::config::Config, String> {
+    certgate::config::Config::from_toml(path, text, Vec::new()).map_err(|e| e.to_string())
+}
+
+/// `text` with its commented-out assignments and table headers (`# key =
+/// value`, `# [[server_tls.sni]]`: the way the reference shows optional
+/// keys, alternatives and optional sections) made live.
+fn with_commented_keys(text: &str) -> String {
+    text.lines()
+        .map(|line| match line.trim_start().strip_prefix("# ") {
+            Some(rest) if is_table_header(rest) => rest,
+            Some(rest)
+                if toml::from_str::<toml::Table>(rest)
+                    .is_ok_and(|t| t.len() == 1 && t.values().all(|v| !v.is_table())) =>
+            {
+                rest
+            }
+            _ => line,
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// `[section]` or `[[section.array]]`, optionally followed by a comment.
+fn is_table_header(line: &str) -> bool {
+    let head = line.split('#').next().unwrap_or("").trim();
+    head.starts_with('[')
+        && head.ends_with(']')
+        && toml::from_str::<toml::Table>(head).is_ok_and(|t| t.values().all(|v| !v.is_str()))
+}
+
+/// `section.key` (`section.array.key` for the nested tables such as
+/// `[[roles.map]]`) for every key assigned in a TOML document.
 fn keys(text: &str) -> BTreeSet<String> {
     let doc: toml::Table = toml::from_str(text).expect("block is TOML");
     let mut out = BTreeSet::new();
     for (section, value) in &doc {
-        let tables: Vec<&toml::Table> = match value {
-            toml::Value::Table(t) => vec![t],
-            toml::Value::Array(a) => a.iter().filter_map(|v| v.as_table()).collect(),
-            _ => continue,
-        };
-        for table in tables {
+        for table in tables(value) {
             for (key, v) in table {
-                match v {
-                    // Nested arrays of tables ([[roles.map]], [[server_tls.sni]]).
-                    toml::Value::Array(a) if a.iter().all(|x| x.is_table()) && !a.is_empty() => {
-                        for inner in a.iter().filter_map(|x| x.as_table()) {
-                            out.extend(inner.keys().map(|k| format!("{section}.{key}.{k}")));
-                        }
-                    }
-                    toml::Value::Table(inner) => {
-                        out.extend(inner.keys().map(|k| format!("{section}.{key}.{k}")));
-                    }
-                    _ => {
-                        out.insert(format!("{section}.{key}"));
-                    }
+                let nested = tables(v);
+                if nested.is_empty() {
+                    out.insert(format!("{section}.{key}"));
+                }
+                for inner in nested {
+                    out.extend(inner.keys().map(|k| format!("{section}.{key}.{k}")));
                 }
             }
         }
@@ -103,58 +129,125 @@ fn keys(text: &str) -> BTreeSet<String> {
     out
 }
 
-fn readme_reference() -> String {
-    let readme =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
-    toml_block_after(&readme, "## Configuration reference").to_owned()
+/// The tables a value holds: itself, or the tables of an array of tables.
+fn tables(value: &toml::Value) -> Vec<&toml::Table> {
+    match value {
+        toml::Value::Table(t) => vec![t],
+        toml::Value::Array(a) if !a.is_empty() && a.iter().all(|x| x.is_table()) => {
+            a.iter().filter_map(|v| v.as_table()).collect()
+        }
+        _ => Vec::new(),
+    }
 }
 
 #[test]
-fn readme_reference_is_a_valid_config() {
-    let text = readme_reference();
-    certgate::config::Config::from_toml(
-        Path::new("/etc/certgate/certgate.toml"),
-        &text,
-        Vec::new(),
-    )
-    .unwrap_or_else(|e| panic!("README reference does not parse: {e}"));
+fn reference_is_a_valid_config() {
+    parse_config(&reference_path(), &reference())
+        .unwrap_or_else(|e| panic!("examples/certgate.toml does not parse: {e}"));
 }
 
 #[test]
-fn readme_reference_names_every_spec_key() {
-    let spec_keys: BTreeSet<String> = CONTRACT_KEYS.iter().map(|k| k.to_string()).collect();
-    let readme = readme_reference();
-    // Keys shown commented out in the README count as documented.
-    let uncommented: String = readme
-        .lines()
-        .map(|l| l.trim_start().trim_start_matches("# "))
-        .collect::<Vec<_>>()
-        .join("\n");
-    let missing: Vec<&String> = spec_keys
+fn reference_names_every_contract_key() {
+    let documented = keys(&with_commented_keys(&reference()));
+    let missing: Vec<&&str> = CONTRACT_KEYS
         .iter()
-        .filter(|k| {
-            let leaf = k.rsplit('.').next().unwrap();
-            !uncommented.contains(&format!("{leaf} ="))
-        })
+        .filter(|k| !documented.contains(**k))
         .collect();
     assert!(
         missing.is_empty(),
-        "README configuration reference lacks SPEC keys: {missing:?}"
-    );
-    assert!(
-        spec_keys.len() > 30,
-        "parsed too few SPEC keys: {spec_keys:?}"
+        "examples/certgate.toml lacks contract keys: {missing:?}"
     );
 }
 
+/// The keys serde names in an unknown-field error: "expected one of `a`,
+/// `b`, `c`", "expected `a` or `b`", "expected `a`".
+fn expected_fields(error: &str) -> BTreeSet<String> {
+    let list = error
+        .split_once("expected one of ")
+        .or_else(|| error.split_once("expected "))
+        .unwrap_or_else(|| panic!("not an unknown-field error: {error}"))
+        .1;
+    let list = list.lines().next().unwrap_or("");
+    list.split(", ")
+        .flat_map(|k| k.split(" or "))
+        .map(|k| k.trim().trim_matches('`').to_owned())
+        .filter(|k| !k.is_empty())
+        .collect()
+}
+
+/// The parser knows no key the reference leaves out: an unknown key put
+/// into each table of the reference makes the parser list the keys that
+/// table accepts, and each must be documented there (live or commented out).
 #[test]
-fn spec_configuration_block_is_accepted() {
-    certgate::config::Config::from_toml(
-        Path::new("/etc/certgate/certgate.toml"),
-        CONTRACT_EXAMPLE,
-        Vec::new(),
-    )
-    .unwrap_or_else(|e| panic!("SPEC §3 example is rejected: {e}"));
+fn reference_documents_every_key_the_parser_accepts() {
+    let live = with_commented_keys(&reference());
+    let documented = keys(&live);
+    let doc: toml::Table = toml::from_str(&live).expect("reference is TOML");
+    // (path of the table, its key prefix in `documented`)
+    let mut targets: Vec<(Vec<String>, String)> = vec![(Vec::new(), String::new())];
+    for (section, value) in &doc {
+        let Some(table) = value.as_table() else {
+            continue;
+        };
+        targets.push((vec![section.clone()], format!("{section}.")));
+        for (key, inner) in table {
+            if !tables(inner).is_empty() {
+                targets.push((
+                    vec![section.clone(), key.clone()],
+                    format!("{section}.{key}."),
+                ));
+            }
+        }
+    }
+    let path = reference_path();
+    for (table_path, prefix) in &targets {
+        let mut probe = doc.clone();
+        let mut table = &mut probe;
+        for part in table_path {
+            table = match table.get_mut(part).expect("table exists") {
+                toml::Value::Table(t) => t,
+                toml::Value::Array(a) => a[0].as_table_mut().expect("array of tables"),
+                _ => unreachable!(),
+            };
+        }
+        table.insert("zz_undocumented".into(), toml::Value::Integer(1));
+        let text = toml::to_string(&probe).unwrap();
+        let error = parse_config(&path, &text).expect_err("an unknown key is refused");
+        assert!(
+            error.contains("zz_undocumented"),
+            "the refusal names the unknown key: {error}"
+        );
+        let accepted = expected_fields(&error);
+        assert!(
+            !accepted.is_empty(),
+            "no accepted keys listed for [{}]: {error}",
+            table_path.join(".")
+        );
+        let missing: Vec<String> = accepted
+            .iter()
+            .filter(|k| {
+                if prefix.is_empty() {
+                    !doc.contains_key(k.as_str())
+                } else {
+                    let key = format!("{prefix}{k}");
+                    !documented.contains(&key)
+                        && !documented.iter().any(|d| d.starts_with(&format!("{key}.")))
+                }
+            })
+            .cloned()
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "examples/certgate.toml does not document [{}] keys the parser accepts: {missing:?}",
+            table_path.join(".")
+        );
+    }
+}
+
+#[test]
+fn contract_configuration_block_is_accepted() {
+    parse_config(Path::new("/etc/certgate/certgate.toml"), CONTRACT_EXAMPLE)
+        .unwrap_or_else(|e| panic!("SPEC §3 example is rejected: {e}"));
 }
 
 /// Every ```toml block of a markdown document, fences indented or not (a
@@ -183,80 +276,76 @@ fn toml_blocks(doc: &str) -> Vec<String> {
     blocks
 }
 
-/// `text` with its commented-out assignments (`# key = value`, the way the
-/// reference shows optional and alternative keys) made live.
-fn with_commented_keys(text: &str) -> String {
-    text.lines()
-        .map(|line| match line.trim_start().strip_prefix("# ") {
-            Some(rest)
-                if toml::from_str::<toml::Table>(rest)
-                    .is_ok_and(|t| t.len() == 1 && t.values().all(|v| !v.is_table())) =>
-            {
-                rest
-            }
-            _ => line,
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
+/// The README and every page in `docs/`, by path relative to the repository.
+fn markdown_pages() -> BTreeMap<String, String> {
+    let mut pages = BTreeMap::new();
+    pages.insert("README.md".to_owned(), read(&repo("README.md")));
+    for entry in std::fs::read_dir(repo("docs")).expect("docs/") {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "md") {
+            let name = format!("docs/{}", path.file_name().unwrap().to_string_lossy());
+            pages.insert(name, read(&path));
+        }
+    }
+    pages
 }
 
 #[test]
-fn every_readme_toml_example_is_a_config_or_a_known_fragment() {
-    let readme =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
-    let reference = with_commented_keys(&readme_reference());
+fn every_toml_example_in_the_docs_is_a_config_or_a_known_fragment() {
+    let reference = with_commented_keys(&reference());
     let known_keys = keys(&reference);
     let reference_table: toml::Table = toml::from_str(&reference).expect("reference is TOML");
     let known_sections: BTreeSet<&String> = reference_table.keys().collect();
 
-    let blocks = toml_blocks(&readme);
-    assert_eq!(
-        blocks.len(),
-        readme.matches("```toml").count(),
-        "every ```toml fence opens a block"
-    );
-    assert!(blocks.len() > 1, "too few TOML examples: {blocks:?}");
-    for block in &blocks {
-        let table: toml::Table = toml::from_str(block)
-            .unwrap_or_else(|e| panic!("README example is not TOML ({e}):\n{block}"));
-        // A block with a [listener] section is meant as a whole config.
-        if table.contains_key("listener") {
-            certgate::config::Config::from_toml(
-                Path::new("/etc/certgate/certgate.toml"),
-                block,
-                Vec::new(),
-            )
-            .unwrap_or_else(|e| panic!("README example does not parse ({e}):\n{block}"));
-            continue;
+    let pages = markdown_pages();
+    assert!(pages.len() > 5, "too few pages: {:?}", pages.keys());
+    let mut examples = 0;
+    for (page, text) in &pages {
+        let blocks = toml_blocks(text);
+        assert_eq!(
+            blocks.len(),
+            text.matches("```toml").count(),
+            "{page}: every ```toml fence opens a block"
+        );
+        examples += blocks.len();
+        for block in &blocks {
+            let table: toml::Table = toml::from_str(block)
+                .unwrap_or_else(|e| panic!("{page}: example is not TOML ({e}):\n{block}"));
+            // A block with a [listener] section is meant as a whole config.
+            if table.contains_key("listener") {
+                parse_config(Path::new("/etc/certgate/certgate.toml"), block)
+                    .unwrap_or_else(|e| panic!("{page}: example does not parse ({e}):\n{block}"));
+                continue;
+            }
+            let sections: Vec<&String> = table
+                .keys()
+                .filter(|s| !known_sections.contains(s))
+                .collect();
+            assert!(
+                sections.is_empty(),
+                "{page}: example names sections the reference lacks: {sections:?}\n{block}"
+            );
+            let names = keys(block);
+            assert!(!names.is_empty(), "{page}: example names no key:\n{block}");
+            let unknown: Vec<&String> = names.difference(&known_keys).collect();
+            assert!(
+                unknown.is_empty(),
+                "{page}: example names keys the reference lacks: {unknown:?}\n{block}"
+            );
         }
-        let sections: Vec<&String> = table
-            .keys()
-            .filter(|s| !known_sections.contains(s))
-            .collect();
-        assert!(
-            sections.is_empty(),
-            "README example names sections the reference lacks: {sections:?}\n{block}"
-        );
-        let names = keys(block);
-        assert!(!names.is_empty(), "README example names no key:\n{block}");
-        let unknown: Vec<&String> = names.difference(&known_keys).collect();
-        assert!(
-            unknown.is_empty(),
-            "README example names keys the reference lacks: {unknown:?}\n{block}"
-        );
     }
+    assert!(examples > 10, "too few TOML examples: {examples}");
 }
 
 #[test]
-fn readme_roles_table_lists_every_matcher_with_its_case_rule() {
+fn roles_table_lists_every_matcher_with_its_case_rule() {
     use certgate::identity::{CertField, Compare};
-    let readme =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
-    let start = readme
+    let page = read(&repo("docs/requests.md"));
+    let start = page
         .find("| matcher | compared with | case |")
-        .expect("the Roles matcher table");
+        .expect("the Roles matcher table in docs/requests.md");
     let mut documented = Vec::new();
-    for row in readme[start..].lines().skip(2) {
+    for row in page[start..].lines().skip(2) {
         if !row.starts_with('|') {
             break;
         }
@@ -264,12 +353,12 @@ fn readme_roles_table_lists_every_matcher_with_its_case_rule() {
         let case = *cells.last().unwrap();
         for name in cells[0].split(',').map(|n| n.trim().trim_matches('`')) {
             let field = CertField::from_name(name)
-                .unwrap_or_else(|| panic!("README documents unknown matcher `{name}`"));
+                .unwrap_or_else(|| panic!("docs/requests.md documents unknown matcher `{name}`"));
             let expected = match field.compare() {
                 Compare::Exact | Compare::Dn => "exact",
                 Compare::CaseInsensitive => "case-insensitive",
             };
-            assert_eq!(case, expected, "README case rule of `{name}`");
+            assert_eq!(case, expected, "docs/requests.md case rule of `{name}`");
             documented.push(field);
         }
     }
@@ -277,6 +366,13 @@ fn readme_roles_table_lists_every_matcher_with_its_case_rule() {
     assert_eq!(
         documented,
         CertField::ALL,
-        "README matcher table, once each"
+        "docs/requests.md matcher table, once each"
     );
+}
+
+/// The README stays an overview: the details live in `docs/`.
+#[test]
+fn readme_stays_short() {
+    let lines = read(&repo("README.md")).lines().count();
+    assert!(lines <= 320, "README.md has {lines} lines; move details to docs/");
 }

@@ -94,7 +94,7 @@ async fn answer(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infalli
     Ok(Response::new(Full::new(Bytes::from(json.to_string()))))
 }
 
-/// The README's example: `/api` open to any verified client, `/api/billing`
+/// The example in docs/requests.md: `/api` open to any verified client, `/api/billing`
 /// for ROLE_BILLING only.
 fn setup(upstream: &AppUpstream, listener_keys: &str) -> Setup {
     let mut setup = Setup::new(upstream.addr);

@@ -93,8 +93,8 @@ impl CertField {
         CertField::ALL.into_iter().find(|f| f.name() == name)
     }
 
-    /// How patterns for this field compare with its values (the README's
-    /// "Roles" table).
+    /// How patterns for this field compare with its values (the "Roles"
+    /// table in docs/requests.md).
     pub const fn compare(self) -> Compare {
         match self {
             CertField::Cn
