@@ -1,6 +1,7 @@
 //! The operator commands, run as the real binary: `check` (exit 0 with a
 //! summary, 2 with the file and reason), `explain` (0 allowed, 1 refused or
-//! denied, 2 bad input), `--version`, and `dev-pki`.
+//! denied, 2 bad input), `--version`, `dev-pki`, and the man pages and
+//! shell completions `generate` writes for packages.
 
 mod common;
 
@@ -495,5 +496,128 @@ fn dev_pki_writes_a_pki_whose_config_passes_check() {
         revoked.stdout.contains("REFUSED (revoked)"),
         "{}",
         revoked.stdout
+    );
+}
+
+/// The commands `certgate help` lists, as the user sees them.
+fn visible_commands() -> Vec<String> {
+    let run = certgate(&["help"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let list = run
+        .stdout
+        .split_once("Commands:\n")
+        .expect("a Commands: list")
+        .1;
+    let commands: Vec<String> = list
+        .lines()
+        .take_while(|l| l.starts_with("  "))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|c| *c != "help")
+        .map(str::to_owned)
+        .collect();
+    assert!(
+        ["run", "check", "explain"]
+            .iter()
+            .all(|c| commands.iter().any(|x| x == c)),
+        "{commands:?}"
+    );
+    commands
+}
+
+#[test]
+fn generated_man_pages_describe_every_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = certgate(&["generate", "man", path_str(dir.path())]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let main_page = std::fs::read_to_string(dir.path().join("certgate.1")).unwrap();
+    for command in visible_commands() {
+        let page = dir.path().join(format!("certgate-{command}.1"));
+        assert!(page.is_file(), "no man page for `{command}`");
+        assert!(
+            // roff escapes every '-'.
+            main_page.contains(&format!("certgate\\-{}(1)", command.replace('-', "\\-"))),
+            "certgate.1 does not list `{command}`:\n{main_page}"
+        );
+    }
+    let sections: Vec<&str> = main_page
+        .lines()
+        .filter_map(|l| l.strip_prefix(".SH "))
+        .map(|h| h.trim_matches('"'))
+        .collect();
+    for section in ["EXIT STATUS", "ENVIRONMENT", "FILES", "SEE ALSO"] {
+        assert!(
+            sections.contains(&section),
+            "certgate.1 lacks {section}:\n{main_page}"
+        );
+    }
+    assert!(
+        !main_page.contains("generate"),
+        "the packaging command stays hidden"
+    );
+    if !have("man") {
+        eprintln!("man is not installed: rendering not checked");
+        return;
+    }
+    let out = Command::new("man")
+        .arg("-l")
+        .arg(dir.path().join("certgate.1"))
+        .env("MANPAGER", "cat")
+        .env("MANWIDTH", "80")
+        .output()
+        .expect("run man");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let warnings = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && warnings.is_empty(),
+        "man: {warnings}"
+    );
+    for expected in [
+        "certgate-check(1)",
+        "CERTGATE_CONFIG",
+        "2 invalid configuration",
+    ] {
+        assert!(
+            text.contains(expected),
+            "man certgate lacks {expected:?}:\n{text}"
+        );
+    }
+}
+
+#[test]
+fn generated_completions_complete_every_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = certgate(&["generate", "completions", path_str(dir.path())]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let commands = visible_commands();
+    for file in ["certgate.bash", "_certgate", "certgate.fish"] {
+        let script = std::fs::read_to_string(dir.path().join(file))
+            .unwrap_or_else(|e| panic!("{file}: {e}"));
+        for command in &commands {
+            assert!(
+                script.contains(command.as_str()),
+                "{file} lacks `{command}`"
+            );
+        }
+        assert!(
+            !script.contains("generate"),
+            "{file} offers the hidden command"
+        );
+    }
+    if !have("bash") {
+        return;
+    }
+    // Bash loads the script and registers it for `certgate`.
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg("source \"$1\" && complete -p certgate")
+        .arg("bash")
+        .arg(dir.path().join("certgate.bash"))
+        .output()
+        .expect("run bash");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("certgate"),
+        "bash: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
     );
 }
