@@ -3,10 +3,13 @@
 //! right SPEC §6 series; the admin endpoints answer; access, refusal and
 //! audit logs carry the fields operators search on and never key material;
 //! `/metrics` passes `promtool check metrics`; a real Prometheus server
-//! scrapes it; the shipped alert rules pass `promtool check rules`.
+//! scrapes it; the shipped alert rules pass `promtool check rules`; the
+//! Grafana dashboard queries only metrics the daemon exports, in PromQL
+//! that Prometheus accepts.
 
 mod common;
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -779,4 +782,140 @@ async fn prometheus_scrapes_the_admin_listener() {
         prom.log()
     );
     assert_eq!(ok_handshakes.as_deref(), Some("1"));
+}
+
+// ------------------------------------------------ Grafana dashboard ----
+
+/// Every PromQL expression of the Grafana dashboard: its panels' targets,
+/// its annotations and its template variables' queries.
+fn dashboard_queries(dashboard: &Value) -> Vec<String> {
+    fn walk(v: &Value, out: &mut Vec<String>) {
+        match v {
+            Value::Object(map) => {
+                for (key, value) in map {
+                    match (key.as_str(), value) {
+                        ("expr" | "definition", Value::String(q)) => out.push(q.clone()),
+                        _ => walk(value, out),
+                    }
+                }
+            }
+            Value::Array(items) => items.iter().for_each(|i| walk(i, out)),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    walk(dashboard, &mut out);
+    out
+}
+
+/// The `certgate_*` and `process_*` metric names an expression reads.
+fn metric_names(promql: &str) -> BTreeSet<String> {
+    promql
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'))
+        .filter(|w| w.starts_with("certgate_") || w.starts_with("process_"))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Metric families in Prometheus text, by name, with their type.
+fn metric_families(text: &str) -> BTreeMap<String, String> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| {
+            let (name, kind) = l.split_once(' ')?;
+            Some((name.to_owned(), kind.trim().to_owned()))
+        })
+        .collect()
+}
+
+/// Whether `name` is exported: a family, or a histogram's `_bucket`,
+/// `_sum` or `_count` series.
+fn exported(families: &BTreeMap<String, String>, name: &str) -> bool {
+    families.contains_key(name)
+        || ["_bucket", "_sum", "_count"].iter().any(|suffix| {
+            name.strip_suffix(suffix)
+                .and_then(|family| families.get(family))
+                .is_some_and(|kind| kind == "histogram")
+        })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn grafana_dashboard_queries_only_exported_metrics() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/grafana-dashboard.json");
+    let dashboard: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap())
+        .expect("the dashboard is JSON");
+    let queries = dashboard_queries(&dashboard);
+    let panels_without_query: Vec<&Value> = dashboard["panels"]
+        .as_array()
+        .expect("panels")
+        .iter()
+        .filter(|p| p["type"] != "row")
+        .filter(|p| dashboard_queries(p).iter().all(|q| q.trim().is_empty()))
+        .collect();
+    assert!(
+        panels_without_query.is_empty(),
+        "panels that query nothing: {panels_without_query:?}"
+    );
+    let queried: BTreeSet<String> = queries.iter().flat_map(|q| metric_names(q)).collect();
+    assert!(
+        queried.len() >= 15,
+        "the dashboard should cover the gateway's metrics, queries only {queried:?}"
+    );
+
+    // A gateway with a CRL and traffic: every labelled series exists.
+    let upstream = echo_upstream().await;
+    let f = start_fixture(upstream);
+    let gw = &f.gw;
+    let client = f.setup.client(&f.user);
+    assert_eq!(client.get(gw.addr, "/api/x").await.unwrap().status, 200);
+    assert_eq!(client.get(gw.addr, "/admin").await.unwrap().status, 403);
+    let families = metric_families(&gw.metrics());
+    let missing: Vec<&String> = queried
+        .iter()
+        .filter(|name| !exported(&families, name))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "the dashboard queries metrics /metrics does not export: {missing:?}\nexported: {:?}",
+        families.keys()
+    );
+
+    // Every expression is PromQL that a real Prometheus evaluates, with
+    // Grafana's variables as a dashboard would fill them in.
+    const PROMETHEUS: &str = "/usr/bin/prometheus";
+    if !Path::new(PROMETHEUS).exists() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{PROMETHEUS} is not installed, and CI must run every test"
+        );
+        eprintln!(
+            "SKIPPED the PromQL check: {PROMETHEUS} is not installed (Debian package `prometheus`)"
+        );
+        return;
+    }
+    let prom = Prometheus::start(gw.admin.expect("admin listener"));
+    assert!(
+        eventually(Duration::from_secs(30), || prom.query("up").is_some()),
+        "Prometheus did not answer within 30 s:\n{}",
+        prom.log()
+    );
+    for query in &queries {
+        let promql = query
+            .replace("$__rate_interval", "1m")
+            .replace("$job", ".*")
+            .replace("$instance", ".*");
+        let promql = match promql.strip_prefix("label_values(") {
+            // label_values(metric, label) is Grafana's; the metric selector is PromQL.
+            Some(args) => args
+                .rsplit_once(',')
+                .expect("label_values(m, l)")
+                .0
+                .to_owned(),
+            None => promql,
+        };
+        assert!(
+            prom.query(&promql).is_some(),
+            "Prometheus refuses the dashboard's query {query:?} (as {promql:?})"
+        );
+    }
 }
