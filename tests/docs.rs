@@ -374,5 +374,8 @@ fn roles_table_lists_every_matcher_with_its_case_rule() {
 #[test]
 fn readme_stays_short() {
     let lines = read(&repo("README.md")).lines().count();
-    assert!(lines <= 320, "README.md has {lines} lines; move details to docs/");
+    assert!(
+        lines <= 320,
+        "README.md has {lines} lines; move details to docs/"
+    );
 }
