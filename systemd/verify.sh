@@ -36,7 +36,7 @@ place() {
     mkdir -p "$(dirname "$2")"
     ln "$1" "$2" 2>/dev/null || cp "$1" "$2"
 }
-place "$bin" "$root/usr/local/bin/certgate"
+place "$bin" "$root/usr/bin/certgate"
 place /bin/kill "$root/bin/kill"
 # The targets the units order against (network-online.target, sockets.target, ...).
 mkdir -p "$root/usr/lib/systemd" "$root/etc/systemd/system"
