@@ -516,6 +516,7 @@ mod tests {
             ("certgate_build_info", GAUGE, &["version"]),
             ("certgate_connections_active", GAUGE, &[]),
             ("certgate_connections_total", COUNTER, &[]),
+            ("certgate_proxy_protocol_total", COUNTER, &["result"]),
             ("certgate_tls_handshakes_total", COUNTER, &["result"]),
             ("certgate_tls_handshake_duration_seconds", HISTOGRAM, &[]),
             ("certgate_requests_total", COUNTER, &["code"]),
@@ -562,6 +563,10 @@ mod tests {
         }
         for kind in ["connect", "timeout", "protocol"] {
             let sample = format!("certgate_upstream_errors_total{{kind=\"{kind}\"}} 0");
+            assert!(text.contains(&sample), "missing {sample}");
+        }
+        for result in ["ok", "untrusted", "missing", "invalid"] {
+            let sample = format!("certgate_proxy_protocol_total{{result=\"{result}\"}} 0");
             assert!(text.contains(&sample), "missing {sample}");
         }
     }

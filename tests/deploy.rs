@@ -176,6 +176,27 @@ fn the_configmap_is_a_config_over_the_mounted_secrets() {
         ("certgate-ticket-keys".into(), "ticket.keys".into())
     );
 
+    // docs/kubernetes.md shows this config; comments aside, the same.
+    let page = std::fs::read_to_string(repo().join("docs/kubernetes.md")).unwrap();
+    let shown = page
+        .split_once("The ConfigMap's `certgate.toml`")
+        .and_then(|(_, rest)| rest.split_once("```toml\n"))
+        .and_then(|(_, rest)| rest.split_once("\n```"))
+        .expect("docs/kubernetes.md shows the ConfigMap's config")
+        .0;
+    let settings = |text: &str| -> Vec<String> {
+        text.lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .map(str::to_owned)
+            .collect()
+    };
+    assert_eq!(
+        settings(shown),
+        settings(text),
+        "docs/kubernetes.md shows the ConfigMap's config"
+    );
+
     // The admin port the probes and the ServiceMonitor use is the one the
     // config binds, and so is the mTLS port.
     let port = |name: &str| {
