@@ -71,12 +71,10 @@ fn v2_local() -> Vec<u8> {
 async fn closed_by_gateway(mut tcp: TcpStream, case: &str) -> Duration {
     let started = Instant::now();
     let mut buf = [0u8; 64];
-    loop {
-        match tokio::time::timeout(WAIT, tcp.read(&mut buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => return started.elapsed(),
-            Ok(Ok(n)) => panic!("{case}: the gateway sent {n} bytes instead of closing"),
-            Err(_) => panic!("{case}: the connection was not closed within {WAIT:?}"),
-        }
+    match tokio::time::timeout(WAIT, tcp.read(&mut buf)).await {
+        Ok(Ok(0)) | Ok(Err(_)) => started.elapsed(),
+        Ok(Ok(n)) => panic!("{case}: the gateway sent {n} bytes instead of closing"),
+        Err(_) => panic!("{case}: the connection was not closed within {WAIT:?}"),
     }
 }
 
