@@ -461,3 +461,77 @@ async fn fleet() {
     assert!(resumed.reused, "{}", resumed.output);
     assert_eq!(resumed.status(), Some(200), "{}", resumed.output);
 }
+
+/// One replica, shared ticket keys, and a reload between a client's two
+/// connections: the ticket from before the CRL still opens under the new
+/// generation (shared keys outlive reloads), and the resumed session is
+/// refused on its first request, where a full handshake would be refused
+/// at once. No balancer: this is the replica's own check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_ticket_from_before_a_revocation_does_not_resume_past_it() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let upstream = echo_upstream().await;
+    let mut setup = Setup::new(upstream);
+    setup.listener = Some(
+        "[listener]\naddress = \"127.0.0.1:0\"\nsession_ticket_keys = \"ticket.keys\"\n".into(),
+    );
+    setup.client_auth =
+        Some("[client_auth]\ntrusted_cas = [\"client-ca.pem\"]\ncrls = [\"ca.crl\"]\n".into());
+    setup.extra = "[authorization]\ndefault = \"authenticated\"\n".into();
+    let mut key = [0u8; 80];
+    aws_lc_rs::rand::fill(&mut key).unwrap();
+    let keys = base64::engine::general_purpose::STANDARD.encode(key);
+    write(setup.path(), "ticket.keys", &format!("{keys}\n"));
+    write(setup.path(), "ca.crl", &setup.ca.crl(&[]));
+    let leaf = setup
+        .ca
+        .issue(&LeafSpec::client("revoked-between-connections"));
+    let gw = setup.start();
+    // One client: its session cache carries the ticket to the next connection.
+    let client = setup.client(&leaf);
+
+    let exchange = |mut tls: tokio_rustls::client::TlsStream<tokio::net::TcpStream>| async move {
+        tls.write_all(b"GET /x HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut raw = Vec::new();
+        let _ = tokio::time::timeout(WAIT, tls.read_to_end(&mut raw)).await;
+        parse_http1(&raw)
+    };
+    let first = client.tls(gw.addr).await.unwrap();
+    assert_eq!(
+        first.get_ref().1.handshake_kind(),
+        Some(rustls::HandshakeKind::Full)
+    );
+    assert_eq!(exchange(first).await.status, 200);
+
+    replace_atomically(setup.path(), "ca.crl", &setup.ca.crl(&[&leaf]));
+    assert!(
+        eventually(WAIT, || generation(&gw) >= 2.0),
+        "the CRL is loaded"
+    );
+
+    let resumed = client.tls(gw.addr).await.unwrap();
+    assert_eq!(
+        resumed.get_ref().1.handshake_kind(),
+        Some(rustls::HandshakeKind::Resumed),
+        "the ticket from generation 1 opens under generation 2"
+    );
+    let reply = exchange(resumed).await;
+    assert_gateway_error(
+        &reply,
+        403,
+        "certificate_rejected",
+        "resumed past a revocation",
+    );
+    assert!(gw.wait_for_log(
+        &[
+            "resumed TLS session's client certificate refused by the current state",
+            "\"reason\":\"revoked\"",
+            "revoked-between-connections",
+        ],
+        WAIT
+    ));
+    assert_eq!(gw.metric("certgate_requests_total{code=\"403\"}"), 1.0);
+    assert_eq!(gw.metric("certgate_requests_total{code=\"200\"}"), 1.0);
+}

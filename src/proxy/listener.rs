@@ -112,8 +112,13 @@ async fn handle_connection(
     };
     let session = tls.get_ref().1;
     let chain = session.peer_certificates().unwrap_or_default();
-    let resumed = session.handshake_kind() == Some(HandshakeKind::Resumed);
-    let verified = match verified_clients.get(chain, &state, resumed, peer) {
+    // Without shared ticket keys a session resumes only under the state
+    // whose own keys and cache issued it, whose verifier accepted the chain
+    // then: checking again would only cost a resumption its saving. With
+    // shared keys the ticket may come from another replica or generation.
+    let foreign_session = session.handshake_kind() == Some(HandshakeKind::Resumed)
+        && limits.session_ticket_keys.is_some();
+    let verified = match verified_clients.get(chain, &state, foreign_session, peer) {
         Ok(c) => c,
         Err(e) => {
             tracing::warn!(%peer, error = %e, "verified client certificate has unreadable identity fields; closing");

@@ -69,11 +69,12 @@ impl VerifiedClients {
     /// or a new one.
     ///
     /// A `resumed` session's chain comes from its ticket, which another
-    /// replica or an older generation may have issued: rustls does not call
-    /// the verifier when it resumes. So a new client from a resumed session
-    /// gets its first verdict from `state`'s verifier (CAs, CRLs, expiry),
-    /// and a refused one is refused on its first request like any client
-    /// a reload refuses. `peer` names the connection, for the log.
+    /// replica or an older generation may have issued (shared ticket keys):
+    /// rustls does not call the verifier when it resumes. So a new client
+    /// from such a session gets its first verdict from `state`'s verifier
+    /// (CAs, CRLs, expiry), and a refused one is refused on its first
+    /// request like any client a reload refuses. `peer` names the
+    /// connection, for the log.
     ///
     /// # Errors
     /// The leaf certificate cannot be parsed for identity fields.
