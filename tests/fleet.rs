@@ -384,6 +384,14 @@ async fn fleet() {
         load.ok.load(Ordering::Relaxed) + failures.len() as u64,
         &failures[..failures.len().min(10)]
     );
+    eprintln!(
+        "good requests through HAProxy: {}, per replica: {:?}",
+        load.ok.load(Ordering::Relaxed),
+        replicas
+            .iter()
+            .map(|r| r.metric("certgate_requests_total{code=\"200\"}"))
+            .collect::<Vec<_>>()
+    );
     for (i, r) in replicas.iter().enumerate() {
         assert!(
             r.metric("certgate_requests_total{code=\"200\"}") > 0.0,
