@@ -1,9 +1,9 @@
 //! The configuration reference, `examples/certgate.toml`, is a valid
 //! config; it names every configuration key of the product contract (SPEC
-//! §3, and the §10 keys certgate implements) and every key the parser
-//! accepts, so neither can drift from it. Every TOML example in the README
-//! and in `docs/` is a valid config or a fragment naming only keys the
-//! reference documents. Nothing here reads outside the repository: the
+//! §3, the §10 keys certgate implements, and the §13 fleet keys) and every
+//! key the parser accepts, so neither can drift from it. Every TOML example
+//! in the README and in `docs/` is a valid config or a fragment naming only
+//! keys the reference documents. Nothing here reads outside the repository: the
 //! contract's keys are listed below and its example config is
 //! `tests/data/contract-config.toml`.
 
@@ -11,8 +11,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 /// The configuration keys of the product contract: its §3 configuration
-/// block, and the §10 keys certgate implements (`listener.path_parameters`,
-/// `listener.underscore_headers`, `listener.stream_idle_timeout`).
+/// block, the §10 keys certgate implements (`listener.path_parameters`,
+/// `listener.underscore_headers`, `listener.stream_idle_timeout`), and the
+/// §13 fleet keys.
 const CONTRACT_KEYS: &[&str] = &[
     "listener.address",
     "listener.handshake_timeout",
@@ -25,6 +26,9 @@ const CONTRACT_KEYS: &[&str] = &[
     "listener.path_parameters",
     "listener.underscore_headers",
     "listener.stream_idle_timeout",
+    "listener.proxy_protocol",
+    "listener.proxy_protocol_from",
+    "listener.session_ticket_keys",
     "server_tls.cert",
     "server_tls.key",
     "server_tls.sni.server_name",
@@ -311,8 +315,13 @@ fn every_toml_example_in_the_docs_is_a_config_or_a_known_fragment() {
         for block in &blocks {
             let table: toml::Table = toml::from_str(block)
                 .unwrap_or_else(|e| panic!("{page}: example is not TOML ({e}):\n{block}"));
-            // A block with a [listener] section is meant as a whole config.
-            if table.contains_key("listener") {
+            // A block that sets the required listener.address is meant as a
+            // whole config; other [listener] blocks are fragments.
+            if table
+                .get("listener")
+                .and_then(|l| l.get("address"))
+                .is_some()
+            {
                 parse_config(Path::new("/etc/certgate/certgate.toml"), block)
                     .unwrap_or_else(|e| panic!("{page}: example does not parse ({e}):\n{block}"));
                 continue;
