@@ -158,6 +158,20 @@ pub enum UpstreamProtocol {
     Auto,
 }
 
+impl UpstreamProtocol {
+    /// What the setting means for an `http://` or `https://` url, as
+    /// `certgate check` says it.
+    pub fn describe(self, https: bool) -> &'static str {
+        match (self, https) {
+            (UpstreamProtocol::Http1, _) => "HTTP/1.1",
+            (UpstreamProtocol::Http2, false) => "HTTP/2 with prior knowledge (h2c)",
+            (UpstreamProtocol::Http2, true) => "HTTP/2 (ALPN h2)",
+            (UpstreamProtocol::Auto, false) => "HTTP/1.1 (auto: nothing negotiates on http://)",
+            (UpstreamProtocol::Auto, true) => "HTTP/2 or HTTP/1.1 by ALPN, h2 preferred",
+        }
+    }
+}
+
 impl UpstreamConfig {
     pub fn is_https(&self) -> bool {
         self.url.scheme() == Some(&http::uri::Scheme::HTTPS)

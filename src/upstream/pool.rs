@@ -53,19 +53,28 @@ impl Pool {
     /// the end; a connection that closes first is dropped.
     pub(super) fn recycle_http1(self: &Arc<Self>, mut sender: Http1Sender) {
         self.start_pruning();
+        // A response without a body may leave the connection ready at once.
+        if sender.is_ready() {
+            self.keep_idle(sender);
+            return;
+        }
         let pool = Arc::downgrade(self);
         tokio::spawn(async move {
             if sender.ready().await.is_err() {
                 return;
             }
             if let Some(pool) = pool.upgrade() {
-                let mut idle = pool.lock_idle();
-                if idle.len() >= MAX_IDLE {
-                    idle.remove(0);
-                }
-                idle.push((Instant::now(), sender));
+                pool.keep_idle(sender);
             }
         });
+    }
+
+    fn keep_idle(&self, sender: Http1Sender) {
+        let mut idle = self.lock_idle();
+        if idle.len() >= MAX_IDLE {
+            idle.remove(0);
+        }
+        idle.push((Instant::now(), sender));
     }
 
     /// The shared HTTP/2 connection, when it is still open.
