@@ -59,7 +59,7 @@ pub async fn serve(config: Config, ready: Option<tokio::sync::oneshot::Sender<So
         }
     };
     let config_path = config.path.clone();
-    let state = match State::build(Arc::new(config), 1) {
+    let state = match State::build(Arc::new(config), 1, None) {
         Ok(s) => s,
         Err(e) => {
             tracing::error!(error = %e, "cannot load the files the configuration names");

@@ -37,6 +37,7 @@ pub struct Gateway {
 impl Gateway {
     pub fn new(state: State, metrics: Arc<Metrics>) -> Arc<Gateway> {
         metrics.state_installed(&state);
+        state.upstreams.start_health_checks();
         let mut prefix = [0u8; 8];
         // A random per-process prefix keeps request ids unique across restarts.
         let _ = aws_lc_rs::rand::fill(&mut prefix);
@@ -65,6 +66,7 @@ impl Gateway {
     /// `/status` is already the one new handshakes and requests get.
     pub fn install(&self, state: State) {
         let state = Arc::new(state);
+        state.upstreams.start_health_checks();
         self.state.store(state.clone());
         self.metrics.state_installed(&state);
         self.installed.send_replace(state.generation);

@@ -46,12 +46,7 @@ pub fn summary(state: &State) -> String {
         "listener: {} (TLS >= {tls}), admin: {admin}",
         cfg.listener.address
     );
-    let _ = writeln!(
-        out,
-        "upstream: {} ({})",
-        cfg.upstream.url,
-        cfg.upstream.protocol.describe(cfg.upstream.is_https())
-    );
+    upstreams_report(cfg, &mut out);
     certificates_report(state, &mut out);
     crls_report(state, &mut out);
     let _ = writeln!(
@@ -72,6 +67,32 @@ pub fn summary(state: &State) -> String {
         let _ = writeln!(out, "  rule[{i}]: {}", describe_route(r));
     }
     out
+}
+
+/// Each upstream with its protocol and endpoints, then the routes.
+fn upstreams_report(cfg: &crate::config::Config, out: &mut String) {
+    for u in std::iter::once(&cfg.upstream).chain(&cfg.upstreams) {
+        let health = match &u.health_check_path {
+            Some(path) => format!("health check GET {path} every {:?}", u.health_interval),
+            None => "passive health".to_owned(),
+        };
+        let _ = writeln!(
+            *out,
+            "upstream {}: {} ({}), endpoints {}, {health}",
+            u.name,
+            u.url,
+            u.protocol.describe(u.is_https()),
+            u.addresses().join(", ")
+        );
+    }
+    for (i, r) in cfg.routes.iter().enumerate() {
+        let host = r
+            .host
+            .as_deref()
+            .map(|h| format!(" host {h}"))
+            .unwrap_or_default();
+        let _ = writeln!(*out, "  route[{i}]: {}{host} -> {}", r.path, r.upstream);
+    }
 }
 
 fn certificates_report(state: &State, out: &mut String) {
@@ -232,6 +253,11 @@ pub fn explain(
     let (allowed, line) = match normalize_path(path, state.config.listener.path_parameters) {
         Ok(normalized) => {
             let _ = writeln!(out, "request:     {method} {}", normalized.path);
+            let upstream = match state.upstreams.for_request(&normalized.path, None) {
+                (u, Some(route)) => format!("{} (route {})", u.name(), route.path),
+                (u, None) => format!("{} (no route covers the path)", u.name()),
+            };
+            let _ = writeln!(out, "upstream:    {upstream}");
             decide(state, &normalized.path, &method, &roles)
         }
         Err(e) => {

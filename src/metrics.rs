@@ -12,7 +12,7 @@ use prometheus::{
 
 use crate::state::State;
 use crate::tls::{CertInfo, CrlInfo, HandshakeFailure};
-use crate::upstream::UpstreamError;
+use crate::upstream::{UpstreamError, Upstreams};
 
 /// Every metric of one gateway, grouped by what it describes. Each group
 /// registers its own metrics in its constructor.
@@ -103,6 +103,7 @@ impl Metrics {
     pub fn state_installed(&self, state: &State) {
         self.reloads.installed(state);
         self.expiry.publish(&state.certs, &state.crls);
+        self.requests.upstreams_installed(&state.upstreams);
         // Roles only appear as labels once configured (bounded cardinality).
         for role in state.roles.known_roles() {
             self.requests.role_grants.with_label_values(&[role]);
@@ -206,6 +207,8 @@ pub struct RequestMetrics {
     pub stream_idle_timeouts: IntCounter,
     role_grants: IntCounterVec,
     upstream_errors: IntCounterVec,
+    upstream_requests: IntCounterVec,
+    endpoint_up: IntGaugeVec,
 }
 
 impl RequestMetrics {
@@ -213,12 +216,9 @@ impl RequestMetrics {
         let upstream_errors = counter_vec(
             r,
             "certgate_upstream_errors_total",
-            "Failed upstream exchanges by kind: connect, timeout, protocol.",
-            &["kind"],
+            "Failed upstream exchanges by upstream and kind: connect, timeout, protocol, no_healthy_upstream.",
+            &["upstream", "kind"],
         );
-        for kind in UpstreamError::ALL {
-            upstream_errors.with_label_values(&[kind.label()]);
-        }
         RequestMetrics {
             by_code: counter_vec(
                 r,
@@ -248,6 +248,18 @@ impl RequestMetrics {
                 &["role"],
             ),
             upstream_errors,
+            upstream_requests: counter_vec(
+                r,
+                "certgate_upstream_requests_total",
+                "Requests sent to each upstream, by the status it answered.",
+                &["upstream", "code"],
+            ),
+            endpoint_up: gauge_vec(
+                r,
+                "certgate_upstream_endpoint_up",
+                "1 while an upstream endpoint takes requests, 0 while it rests after failing.",
+                &["upstream", "endpoint"],
+            ),
         }
     }
 
@@ -260,10 +272,40 @@ impl RequestMetrics {
         self.role_grants.with_label_values(&[role]).inc();
     }
 
-    pub fn upstream_error(&self, kind: UpstreamError) {
+    pub fn upstream_error(&self, upstream: &str, kind: UpstreamError) {
         self.upstream_errors
-            .with_label_values(&[kind.label()])
+            .with_label_values(&[upstream, kind.label()])
             .inc();
+    }
+
+    pub fn upstream_answered(&self, upstream: &str, status: http::StatusCode) {
+        self.upstream_requests
+            .with_label_values(&[upstream, status.as_str()])
+            .inc();
+    }
+
+    /// The series of a newly installed state's upstreams, each kind at 0
+    /// before its first error; upstreams a reload removed lose theirs.
+    fn upstreams_installed(&self, upstreams: &Upstreams) {
+        self.endpoint_up.reset();
+        for upstream in upstreams.all() {
+            for kind in UpstreamError::ALL {
+                self.upstream_errors
+                    .with_label_values(&[upstream.name(), kind.label()]);
+            }
+        }
+        self.publish_endpoints(upstreams);
+    }
+
+    /// Endpoint health as of now, published before each scrape.
+    pub fn publish_endpoints(&self, upstreams: &Upstreams) {
+        for upstream in upstreams.all() {
+            for (endpoint, up) in upstream.endpoint_health() {
+                self.endpoint_up
+                    .with_label_values(&[upstream.name(), endpoint])
+                    .set(i64::from(up));
+            }
+        }
     }
 }
 
@@ -469,6 +511,9 @@ mod tests {
         // Labelled series that only exist once something happened.
         m.requests.done(http::StatusCode::OK, 0.01);
         m.requests.role_granted("ROLE_USER");
+        m.requests
+            .upstream_answered("default", http::StatusCode::OK);
+        m.requests.upstream_error("default", UpstreamError::Connect);
         m.expiry.publish(
             &[
                 cert(CertKind::Server, "CN=s", 1),
@@ -488,7 +533,11 @@ mod tests {
             ("certgate_request_duration_seconds", HISTOGRAM, &[]),
             ("certgate_authz_denied_total", COUNTER, &[]),
             ("certgate_role_grants_total", COUNTER, &["role"]),
-            ("certgate_upstream_errors_total", COUNTER, &["kind"]),
+            (
+                "certgate_upstream_errors_total",
+                COUNTER,
+                &["kind", "upstream"],
+            ),
             ("certgate_reloads_total", COUNTER, &["result"]),
             ("certgate_config_generation", GAUGE, &[]),
             (
@@ -519,15 +568,13 @@ mod tests {
     }
 
     #[test]
-    fn result_and_kind_labels_exist_before_the_first_event() {
+    fn result_labels_exist_before_the_first_event() {
+        // The upstream error kinds exist per upstream once a state is
+        // installed (tests/observability.rs sees them at 0).
         let m = Metrics::new();
         let text = m.render();
         for result in std::iter::once("ok").chain(HandshakeFailure::ALL.iter().map(|f| f.label())) {
             let sample = format!("certgate_tls_handshakes_total{{result=\"{result}\"}} 0");
-            assert!(text.contains(&sample), "missing {sample}");
-        }
-        for kind in ["connect", "timeout", "protocol"] {
-            let sample = format!("certgate_upstream_errors_total{{kind=\"{kind}\"}} 0");
             assert!(text.contains(&sample), "missing {sample}");
         }
     }

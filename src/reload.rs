@@ -140,7 +140,7 @@ impl Reloader {
             return;
         }
         crate::systemd::reloading();
-        let result = self.build(current.generation + 1);
+        let result = self.build(&current);
         match result {
             Ok(state) => {
                 // Remember the digest taken before the build: the state is
@@ -175,7 +175,7 @@ impl Reloader {
         crate::systemd::ready(&self.gw.state());
     }
 
-    fn build(&self, generation: u64) -> Result<State, LoadFailure> {
+    fn build(&self, current: &State) -> Result<State, LoadFailure> {
         let mut config = Config::load(&self.config_path)?;
         let running = &self.started;
         if config.listener.address != running.listener.address {
@@ -197,7 +197,7 @@ impl Reloader {
         if config.listener.max_connections != running.listener.max_connections {
             tracing::warn!("listener.max_connections changed: applies after a restart");
         }
-        State::build(Arc::new(config), generation)
+        State::build(Arc::new(config), current.generation + 1, Some(current))
     }
 }
 

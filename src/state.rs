@@ -16,7 +16,7 @@ use rustls::ServerConfig;
 use crate::config::{CertSource, Config, ConfigError};
 use crate::policy::{Authorizer, RoleMapper};
 use crate::tls::{self, load, CertInfo, CertKind, CrlInfo, LoadError, ServerCerts};
-use crate::upstream::Upstream;
+use crate::upstream::Upstreams;
 
 pub struct State {
     pub generation: u64,
@@ -27,7 +27,7 @@ pub struct State {
     pub verifier: Arc<dyn ClientCertVerifier>,
     pub roles: RoleMapper,
     pub authz: Authorizer,
-    pub upstream: Arc<Upstream>,
+    pub upstreams: Upstreams,
     pub certs: Vec<CertInfo>,
     pub crls: Vec<CrlInfo>,
     /// Subjects of the trusted CAs that no loaded CRL is issued by.
@@ -72,7 +72,7 @@ impl State {
     /// # Errors
     /// The [`LoadFailure`] that says what is wrong with which file.
     pub fn load(path: &Path, generation: u64) -> Result<State, LoadFailure> {
-        State::build(Arc::new(Config::load(path)?), generation)
+        State::build(Arc::new(Config::load(path)?), generation, None)
     }
 
     /// Reads every file the config names and builds a complete state.
@@ -82,21 +82,27 @@ impl State {
     /// inconsistent (a key that does not match its certificate, an empty CA
     /// bundle, a CRL rustls refuses or that does not verify against a
     /// trusted CA).
-    pub fn build(config: Arc<Config>, generation: u64) -> Result<State, LoadFailure> {
+    /// Upstreams that `previous` has with the same settings and files are
+    /// kept, with their pooled connections.
+    pub fn build(
+        config: Arc<Config>,
+        generation: u64,
+        previous: Option<&State>,
+    ) -> Result<State, LoadFailure> {
         let mut problems = Vec::new();
         let mut certs = Vec::new();
         let server_certs = load_server_certs(&config, &mut certs, &mut problems);
         let client_auth = load_client_auth(&config, &mut certs, &mut problems);
-        let upstream = Upstream::build(&config.upstream)
-            .map_err(|e| problems.push(e))
+        let upstreams = Upstreams::build(&config, previous.map(|p| &p.upstreams))
+            .map_err(|e| problems.extend(e))
             .ok();
 
         let files_failed = |problems| LoadFailure::Files {
             config: config.path.clone(),
             problems,
         };
-        let (Some(server_certs), Some(client_auth), Some(upstream), true) =
-            (server_certs, client_auth, upstream, problems.is_empty())
+        let (Some(server_certs), Some(client_auth), Some(upstreams), true) =
+            (server_certs, client_auth, upstreams, problems.is_empty())
         else {
             return Err(files_failed(problems));
         };
@@ -116,7 +122,7 @@ impl State {
             ),
             tls,
             verifier: client_auth.verifier,
-            upstream: Arc::new(upstream),
+            upstreams,
             certs,
             crls: client_auth.crls,
             crl_coverage: client_auth.coverage,

@@ -16,6 +16,10 @@ pub struct RawConfig {
     pub client_auth: RawClientAuth,
     pub upstream: RawUpstream,
     #[serde(default)]
+    pub upstreams: std::collections::BTreeMap<String, RawUpstream>,
+    #[serde(default)]
+    pub route: Vec<RawUpstreamRoute>,
+    #[serde(default)]
     pub identity: RawIdentity,
     #[serde(default)]
     pub roles: RawRoles,
@@ -102,9 +106,23 @@ pub struct RawUpstream {
     pub timeout: String,
     #[serde(default = "d_upstream_protocol")]
     pub protocol: String,
+    #[serde(default)]
+    pub endpoints: Vec<String>,
+    #[serde(default)]
+    pub health_check_path: String,
+    #[serde(default = "d_health_interval")]
+    pub health_interval: String,
     pub ca: Option<String>,
     pub client_cert: Option<String>,
     pub client_key: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstreamRoute {
+    pub path: String,
+    pub host: Option<String>,
+    pub upstream: String,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -355,6 +373,9 @@ fn d_connect_timeout() -> String {
 }
 fn d_upstream_timeout() -> String {
     s("30s")
+}
+fn d_health_interval() -> String {
+    s("5s")
 }
 fn d_upstream_protocol() -> String {
     s("http1")

@@ -58,7 +58,9 @@ impl GatewayError {
                 StatusCode::BAD_GATEWAY
             }
             GatewayError::Upstream(UpstreamError::Timeout) => StatusCode::GATEWAY_TIMEOUT,
-            GatewayError::Draining => StatusCode::SERVICE_UNAVAILABLE,
+            GatewayError::Upstream(UpstreamError::NoHealthyEndpoint) | GatewayError::Draining => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
         }
     }
 
@@ -85,6 +87,7 @@ impl GatewayError {
                 "bad_gateway"
             }
             GatewayError::Upstream(UpstreamError::Timeout) => "gateway_timeout",
+            GatewayError::Upstream(UpstreamError::NoHealthyEndpoint) => "no_healthy_upstream",
             GatewayError::Draining => "draining",
         }
     }
@@ -292,6 +295,11 @@ mod tests {
                 GatewayError::Upstream(UpstreamError::Timeout),
                 504,
                 "gateway_timeout",
+            ),
+            (
+                GatewayError::Upstream(UpstreamError::NoHealthyEndpoint),
+                503,
+                "no_healthy_upstream",
             ),
             (GatewayError::Draining, 503, "draining"),
         ];

@@ -29,7 +29,9 @@ pub(crate) const WHOAMI: &str = "/.certgate/whoami";
 
 /// What the access log line reports about one request.
 #[derive(Default)]
-struct Outcome {
+struct Outcome<'s> {
+    /// The upstream the request went to, once routed.
+    upstream_name: Option<&'s str>,
     /// Only filled when the access log is on.
     path: Option<String>,
     roles: Option<HeaderValue>,
@@ -61,8 +63,8 @@ pub async fn handle(
             (resp, status)
         }
         Err(e) => {
-            if let Some(kind) = e.upstream_kind() {
-                gw.metrics.requests.upstream_error(kind);
+            if let (Some(kind), Some(upstream)) = (e.upstream_kind(), outcome.upstream_name) {
+                gw.metrics.requests.upstream_error(upstream, kind);
             }
             if matches!(e, GatewayError::Forbidden(_)) {
                 gw.metrics.requests.authz_denied.inc();
@@ -94,13 +96,13 @@ fn is_grpc(headers: &http::HeaderMap) -> bool {
         .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
 }
 
-async fn process(
+async fn process<'s>(
     gw: &Gateway,
-    state: &State,
+    state: &'s State,
     client: &ClientConnection,
     req: Request<RequestBody>,
     request_id: &HeaderValue,
-    outcome: &mut Outcome,
+    outcome: &mut Outcome<'s>,
 ) -> Result<Response<ProxyBody>, GatewayError> {
     if gw.is_draining() {
         return Err(GatewayError::Draining);
@@ -144,6 +146,14 @@ async fn process(
         }
     }
 
+    // Routing comes after authorization and does not change it.
+    let authority = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri().authority().map(|a| a.as_str()));
+    let (upstream, _) = state.upstreams.for_request(&path.path, authority);
+    outcome.upstream_name = Some(upstream.name());
     let mut req = req;
     let client_upgrade = websocket.map(|_| hyper::upgrade::on(&mut req));
     let mut req = upstream_request(
@@ -161,12 +171,15 @@ async fn process(
     progress.set_awaiting_head(true);
     let upstream_started = Instant::now();
     let result = match websocket {
-        Some(_) => state.upstream.send_upgrade(req).await,
-        None => state.upstream.send(req).await,
+        Some(_) => upstream.send_upgrade(req).await,
+        None => upstream.send(req).await,
     };
     outcome.upstream = Some(upstream_started.elapsed());
     progress.set_awaiting_head(false);
     let mut resp = result.map_err(|e| blame(e.into(), &progress))?;
+    gw.metrics
+        .requests
+        .upstream_answered(upstream.name(), resp.status());
     let tunnel = match (websocket, client_upgrade) {
         (Some(ws), Some(client_side)) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
             Some((

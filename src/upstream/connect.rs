@@ -7,6 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use hyper::body::Body;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::pki_types::ServerName;
@@ -32,10 +33,11 @@ pub(super) enum Want {
     Http1,
 }
 
-/// A new upstream connection, ready for its first request.
-pub(super) enum Connected {
-    Http1(http1::SendRequest<RequestBody>),
-    Http2(http2::SendRequest<RequestBody>),
+/// A new upstream connection, ready for its first request. Requests carry
+/// the client's body; health checks carry none.
+pub(super) enum Connected<B = RequestBody> {
+    Http1(http1::SendRequest<B>),
+    Http2(http2::SendRequest<B>),
 }
 
 pub(super) struct Connector {
@@ -43,7 +45,7 @@ pub(super) struct Connector {
     port: u16,
     protocol: UpstreamProtocol,
     connect_timeout: Duration,
-    tls: Option<Tls>,
+    tls: Option<Arc<Tls>>,
 }
 
 /// `https://` upstreams: the server name and a client config per ALPN offer.
@@ -53,53 +55,81 @@ struct Tls {
     http1: TlsConnector,
 }
 
+impl Tls {
+    fn new(cfg: &UpstreamConfig) -> Result<Tls, LoadError> {
+        let base = super::tls_client_config(cfg)?;
+        let with_alpn = |alpn: &[&[u8]]| {
+            let mut config = base.clone();
+            config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+            TlsConnector::from(Arc::new(config))
+        };
+        let configured: &[&[u8]] = match cfg.protocol {
+            UpstreamProtocol::Http1 => &[ALPN_HTTP11],
+            UpstreamProtocol::Http2 => &[ALPN_H2],
+            UpstreamProtocol::Auto => &[ALPN_H2, ALPN_HTTP11],
+        };
+        let (host, _) = split_address(cfg.url.authority().map_or("", |a| a.as_str()));
+        let server_name = ServerName::try_from(host.clone()).map_err(|e| {
+            LoadError::new(
+                std::path::Path::new(&format!("upstream {} url", cfg.name)),
+                format!("`{host}` is no TLS server name: {e}"),
+            )
+        })?;
+        Ok(Tls {
+            server_name,
+            configured: with_alpn(configured),
+            http1: with_alpn(&[ALPN_HTTP11]),
+        })
+    }
+}
+
+/// `host:port` (or a bare host) as the resolver and rustls want the host:
+/// `[::1]` is `::1` to them. A missing port is 0; config validation makes
+/// sure there is one where it matters.
+fn split_address(address: &str) -> (String, u16) {
+    let (host, port) = match address.rsplit_once(':') {
+        Some((h, p)) if !p.contains(']') => (h, p.parse().unwrap_or(0)),
+        _ => (address, 0),
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    (host.to_owned(), port)
+}
+
 impl Connector {
+    /// One connector per endpoint (`endpoints`, or the url's own address);
+    /// all share the TLS settings, whose server name is the url's host.
+    ///
     /// # Errors
     /// The upstream CA or client certificate files cannot be used.
-    pub(super) fn new(cfg: &UpstreamConfig) -> Result<Connector, LoadError> {
-        let host = cfg
-            .url
-            .host()
-            .expect("config validation requires a host in upstream.url")
-            // `[::1]` in a URL is `::1` to the resolver and to rustls.
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_owned();
-        let https = cfg.is_https();
-        let port = cfg.url.port_u16().unwrap_or(if https { 443 } else { 80 });
-        let tls = if https {
-            let base = super::tls_client_config(cfg)?;
-            let with_alpn = |alpn: &[&[u8]]| {
-                let mut config = base.clone();
-                config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-                TlsConnector::from(Arc::new(config))
-            };
-            let configured: &[&[u8]] = match cfg.protocol {
-                UpstreamProtocol::Http1 => &[ALPN_HTTP11],
-                UpstreamProtocol::Http2 => &[ALPN_H2],
-                UpstreamProtocol::Auto => &[ALPN_H2, ALPN_HTTP11],
-            };
-            let server_name = ServerName::try_from(host.clone()).map_err(|e| {
-                LoadError::new(
-                    std::path::Path::new("upstream.url"),
-                    format!("`{host}` is no TLS server name: {e}"),
-                )
-            })?;
-            Some(Tls {
-                server_name,
-                configured: with_alpn(configured),
-                http1: with_alpn(&[ALPN_HTTP11]),
-            })
+    pub(super) fn for_endpoints(cfg: &UpstreamConfig) -> Result<Vec<Connector>, LoadError> {
+        let tls = if cfg.is_https() {
+            Some(Arc::new(Tls::new(cfg)?))
         } else {
             None
         };
-        Ok(Connector {
-            host,
-            port,
-            protocol: cfg.protocol,
-            connect_timeout: cfg.connect_timeout,
-            tls,
-        })
+        Ok(cfg
+            .addresses()
+            .into_iter()
+            .map(|address| {
+                let (host, port) = split_address(&address);
+                Connector {
+                    host,
+                    port,
+                    protocol: cfg.protocol,
+                    connect_timeout: cfg.connect_timeout,
+                    tls: tls.clone(),
+                }
+            })
+            .collect())
+    }
+
+    /// `host:port`, as `certgate_upstream_endpoint_up` names it.
+    pub(super) fn address(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
     }
 
     /// Whether a connection made for [`Want::Configured`] may speak HTTP/2.
@@ -111,7 +141,12 @@ impl Connector {
         }
     }
 
-    pub(super) async fn connect(&self, want: Want) -> Result<Connected, UpstreamError> {
+    pub(super) async fn connect<B>(&self, want: Want) -> Result<Connected<B>, UpstreamError>
+    where
+        B: Body + Send + Unpin + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         let opened = tokio::time::timeout(self.connect_timeout, self.open(want)).await;
         let (io, http2) = match opened {
             Ok(Ok(opened)) => opened,
@@ -159,9 +194,12 @@ enum Io {
     Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
 }
 
-async fn handshake<T>(io: T, http2: bool) -> Result<Connected, UpstreamError>
+async fn handshake<T, B>(io: T, http2: bool) -> Result<Connected<B>, UpstreamError>
 where
     T: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    B: Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let io = TokioIo::new(io);
     let failed = |e: hyper::Error| {
