@@ -286,7 +286,10 @@ impl Upstream {
 
 /// A new connection to `endpoint`, counted in its health.
 async fn connect(endpoint: &Endpoint, want: Want) -> Result<Connected, UpstreamError> {
-    match endpoint.connector.connect(want).await {
+    // Boxed: the TCP, TLS and HTTP handshakes' state is large, and inline it
+    // would be part of every request's future, which an HTTP/2 stream's task
+    // moves (memcpy) on every request, connecting or not.
+    match Box::pin(endpoint.connector.connect(want)).await {
         Ok(connected) => {
             endpoint.connected();
             Ok(connected)
