@@ -106,6 +106,8 @@ pub struct SniCert {
 pub struct ServerTlsConfig {
     pub default: CertSource,
     pub sni: Vec<SniCert>,
+    /// Staple OCSP responses for the served certificates (from their AIA).
+    pub ocsp_stapling: bool,
 }
 
 /// What to do with a chain whose revocation status a CRL cannot settle
@@ -115,6 +117,18 @@ pub struct ServerTlsConfig {
 pub enum RevocationFallback {
     Allow,
     Deny,
+}
+
+/// What an OCSP answer the gateway cannot get (responder unreachable, no
+/// responder, an answer that does not verify, `unknown`) means for a client
+/// (`client_auth.ocsp`). `revoked` refuses in every mode but `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OcspMode {
+    Off,
+    /// Lets the client in.
+    Soft,
+    /// Refuses the client.
+    Hard,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -133,6 +147,14 @@ pub struct ClientAuthConfig {
     pub unknown_revocation: RevocationFallback,
     pub crl_scope: CrlScope,
     pub expired_crl: RevocationFallback,
+    /// http(s) URLs of CRLs, fetched and refreshed by the gateway.
+    pub crl_urls: Vec<http::Uri>,
+    /// How often fetched CRLs are re-fetched; also how long an OCSP answer
+    /// without nextUpdate is kept.
+    pub crl_refresh: Duration,
+    /// Where fetched CRLs are kept across restarts; `None` keeps them in memory only.
+    pub crl_cache_dir: Option<PathBuf>,
+    pub ocsp: OcspMode,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -292,6 +314,8 @@ impl Config {
         files.extend(self.client_auth.trusted_cas.iter().cloned());
         files.extend(self.client_auth.trusted_cas_password_file.iter().cloned());
         files.extend(self.client_auth.crls.iter().cloned());
+        // The cache directory is the gateway's own output, not an input:
+        // watching it would turn every CRL fetch into a reload.
         let u = &self.upstream;
         files.extend(
             [&u.ca, &u.client_cert, &u.client_key]
@@ -597,7 +621,11 @@ impl Validator<'_> {
             });
         }
 
-        ServerTlsConfig { default, sni }
+        ServerTlsConfig {
+            default,
+            sni,
+            ocsp_stapling: t.ocsp_stapling,
+        }
     }
 
     fn client_auth(&mut self, c: raw::RawClientAuth) -> ClientAuthConfig {
@@ -632,6 +660,43 @@ impl Validator<'_> {
                 ],
             ),
             expired_crl: self.revocation_fallback("client_auth.expired_crl", &c.expired_crl),
+            crl_urls: c
+                .crl_urls
+                .iter()
+                .map(|u| self.fetch_url("client_auth.crl_urls", u))
+                .collect(),
+            crl_refresh: self.duration("client_auth.crl_refresh", &c.crl_refresh),
+            crl_cache_dir: (!c.crl_cache_dir.trim().is_empty())
+                .then(|| self.dir.join(&c.crl_cache_dir)),
+            ocsp: self.choice(
+                "client_auth.ocsp",
+                &c.ocsp,
+                &[
+                    ("hard", OcspMode::Hard),
+                    ("soft", OcspMode::Soft),
+                    ("off", OcspMode::Off),
+                ],
+            ),
+        }
+    }
+
+    /// An `http://` or `https://` URL with a host, as a CRL distribution
+    /// point is published.
+    fn fetch_url(&mut self, at: &str, value: &str) -> http::Uri {
+        match value.parse::<http::Uri>() {
+            Ok(url)
+                if matches!(url.scheme_str(), Some("http") | Some("https"))
+                    && url.host().is_some_and(|h| !h.is_empty()) =>
+            {
+                url
+            }
+            _ => {
+                self.problem(
+                    at,
+                    format!("`{value}` is not an http:// or https:// URL with a host"),
+                );
+                http::Uri::from_static("http://127.0.0.1/")
+            }
         }
     }
 

@@ -113,6 +113,7 @@ async fn process(
     }
 
     let grant = client.authenticate(state, &gw.metrics)?;
+    client.check_ocsp(state, &gw.metrics).await?;
     outcome.roles = Some(grant.roles_header.clone());
 
     match decide(state, &path.path, req.method(), &grant.roles) {
