@@ -1,0 +1,272 @@
+//! Revocation from where PKIs publish it: CRLs fetched from a real HTTP
+//! server on loopback (revalidation, a slow server, an oversized body, a
+//! forged and a stale CRL, a restart from the cache), OCSP answers from a
+//! real `openssl ocsp` responder (good, revoked, unknown, gone; soft and
+//! hard), and OCSP stapling checked with `openssl s_client -status`.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+
+const WAIT: Duration = Duration::from_secs(15);
+
+fn der_crl(pem: &str) -> Vec<u8> {
+    let (_, crl) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).expect("CRL PEM");
+    crl.contents
+}
+
+/// A client_auth section fetching `url` every second, cached in `cache/`.
+fn fetching(url: &str) -> String {
+    format!(
+        "[client_auth]\ntrusted_cas = [\"client-ca.pem\"]\ncrl_urls = [\"{url}\"]\ncrl_refresh = \"1s\"\ncrl_cache_dir = \"cache\"\n"
+    )
+}
+
+fn fetches(gw: &Gateway, result: &str) -> f64 {
+    gw.metric(&format!("certgate_crl_fetches_total{{result=\"{result}\"}}"))
+}
+
+/// Waits for `n` more fetches with `result` than `before`.
+fn wait_fetches(gw: &Gateway, result: &str, before: f64, case: &str) {
+    assert!(
+        eventually(WAIT, || fetches(gw, result) > before),
+        "{case}: no fetch counted as {result}; metrics:\n{}",
+        gw.metrics()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fetched_crls_are_revalidated_verified_and_reach_open_connections() {
+    let mut setup = Setup::new(echo_upstream().await);
+    let publisher = Publisher::start(&der_crl(&setup.ca.crl(&[])));
+    setup.client_auth = Some(fetching(&publisher.url("/clients.crl")));
+    setup.extra = "[authorization]\ndefault = \"authenticated\"\n".into();
+    let gw = setup.start();
+    assert_eq!(fetches(&gw, "ok"), 1.0, "the fetch at start");
+    let leaf = setup.ca.issue(&LeafSpec::client("billing"));
+    let client = setup.client(&leaf);
+    let mut open = client.connect(gw.addr).await.unwrap();
+    assert_eq!(open.get("/v1/x").await.unwrap().status, 200);
+
+    // Revalidation: the unchanged CRL is answered 304 and counted so.
+    wait_fetches(&gw, "not_modified", 0.0, "revalidation");
+    assert!(publisher.revalidated.load(std::sync::atomic::Ordering::Relaxed) > 0);
+
+    // A CRL that revokes the client reaches the open connection.
+    publisher.publish(&der_crl(&setup.ca.crl(&[&leaf])));
+    assert!(
+        eventually(WAIT, || fetches(&gw, "ok") >= 2.0),
+        "new CRL not fetched"
+    );
+    let mut refused = None;
+    assert!(eventually(WAIT, || {
+        let reply = futures_lite_block(open.get("/v1/x"));
+        let done = reply.as_ref().map_or(true, |r| r.status == 403);
+        refused = Some(reply);
+        done
+    }));
+    let reply = refused.unwrap().expect("the open connection answers");
+    assert_gateway_error(&reply, 403, "certificate_rejected", "revoked by a fetched CRL");
+    assert!(client.get(gw.addr, "/v1/x").await.is_err(), "new handshake refused");
+    let csv = gw.metric("certgate_tls_handshakes_total{result=\"revoked\"}");
+    assert!(csv >= 1.0, "handshake refusal counted as revoked");
+
+    // Every bad download is an error and keeps the last good CRL (which
+    // revokes the client): none of them lets it back in.
+    let impostor = impostor_ca("certgate test client CA");
+    let bad: [(&str, Vec<u8>, Duration); 4] = [
+        ("signed by the wrong key", der_crl(&setup.ca.forged_crl(&impostor, &[])), Duration::ZERO),
+        ("stale", der_crl(&setup.ca.crl_with(&[], time::Duration::minutes(30))), Duration::ZERO),
+        ("oversized", vec![0x30; 17 << 20], Duration::ZERO),
+        ("slow", der_crl(&setup.ca.crl(&[])), Duration::from_secs(3)),
+    ];
+    for (case, body, delay) in bad {
+        publisher.set_delay(delay);
+        publisher.publish(&body);
+        let before = fetches(&gw, "error");
+        wait_fetches(&gw, "error", before, case);
+        assert!(
+            client.get(gw.addr, "/v1/x").await.is_err(),
+            "{case}: the last good CRL must stay in use"
+        );
+    }
+    publisher.set_delay(Duration::ZERO);
+    assert!(gw.wait_for_log(&["CRL fetch failed", "does not verify"], WAIT));
+    assert!(gw.wait_for_log(&["CRL fetch failed", "stale"], WAIT));
+    assert!(gw.wait_for_log(&["CRL fetch failed", "larger than"], WAIT));
+    assert!(gw.wait_for_log(&["CRL fetch failed", "no complete answer"], WAIT));
+    let bystander = setup.client(&setup.ca.issue(&LeafSpec::client("reporting")));
+    assert_eq!(bystander.get(gw.addr, "/v1/x").await.unwrap().status, 200);
+}
+
+/// Runs a future to completion from inside an `eventually` closure.
+fn futures_lite_block<F: std::future::Future>(f: F) -> F::Output {
+    tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(f))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_start_needs_the_crl_or_its_cached_copy() {
+    let mut setup = Setup::new(echo_upstream().await);
+    // Nothing listens there, and nothing is cached: the start fails, naming the URL.
+    let gone = format!("http://127.0.0.1:{}/gone.crl", free_port());
+    setup.client_auth = Some(fetching(&gone));
+    let out = Command::new(BIN)
+        .args(["run", "-c"])
+        .arg(setup.write_config())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains(&gone) && stderr.contains("no cached copy"), "{stderr}");
+
+    // Fetched once, the CRL is cached; a start without the server uses it.
+    let leaf = setup.ca.issue(&LeafSpec::client("billing"));
+    let publisher = Publisher::start(&der_crl(&setup.ca.crl(&[&leaf])));
+    setup.client_auth = Some(fetching(&publisher.url("/clients.crl")));
+    drop(setup.start());
+    drop(publisher);
+    let gw = setup.start();
+    assert!(gw.wait_for_log(&["starting with the cached copy"], WAIT));
+    assert!(setup.client(&leaf).get(gw.addr, "/v1/x").await.is_err(), "still revoked");
+    let check = Command::new(BIN)
+        .args(["check", "-c"])
+        .arg(setup.path().join("certgate.toml"))
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&check.stdout);
+    assert!(report.contains("clients.crl") && report.contains("this_update="), "{report}");
+}
+
+fn ocsp_setup(upstream: std::net::SocketAddr, mode: &str) -> Setup {
+    let mut setup = Setup::new(upstream);
+    setup.client_auth = Some(format!(
+        "[client_auth]\ntrusted_cas = [\"client-ca.pem\"]\nocsp = \"{mode}\"\ncrl_refresh = \"1s\"\n"
+    ));
+    setup.extra = "[authorization]\ndefault = \"authenticated\"\n".into();
+    setup
+}
+
+fn ocsp_checks(gw: &Gateway, result: &str) -> f64 {
+    gw.metric(&format!("certgate_ocsp_checks_total{{result=\"{result}\"}}"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ocsp_soft_asks_the_responder_and_lets_unknown_and_unreachable_in() {
+    if !have("openssl") {
+        return;
+    }
+    let setup = ocsp_setup(echo_upstream().await, "soft");
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}/");
+    let good = setup.ca.issue(&LeafSpec::client("good").with_ocsp(&url));
+    let revoked = setup.ca.issue(&LeafSpec::client("revoked").with_ocsp(&url));
+    let unknown = setup.ca.issue(&LeafSpec::client("unknown").with_ocsp(&url));
+    let mut responder = OcspResponder::start_on(port, setup.path(), &setup.ca, &[&good], &[&revoked]);
+    let gw = setup.start();
+
+    let mut open = setup.client(&good).connect(gw.addr).await.unwrap();
+    assert_eq!(open.get("/v1/x").await.unwrap().status, 200, "good");
+    assert_eq!(ocsp_checks(&gw, "good"), 1.0);
+    let reply = setup.client(&revoked).get(gw.addr, "/v1/x").await.unwrap();
+    assert_gateway_error(&reply, 403, "certificate_rejected", "revoked by OCSP");
+    assert_eq!(ocsp_checks(&gw, "revoked"), 1.0);
+    assert!(gw.wait_for_log(&["client certificate refused by OCSP", &revoked.fingerprint()], WAIT));
+    let reply = setup.client(&unknown).get(gw.addr, "/v1/x").await.unwrap();
+    assert_eq!(reply.status, 200, "soft lets unknown in");
+    assert_eq!(ocsp_checks(&gw, "unknown"), 1.0);
+
+    // Revoked at the responder: the open connection's next request after
+    // the answer runs out (no nextUpdate: crl_refresh) is refused.
+    responder.revoke(&good);
+    let mut status = 0;
+    assert!(eventually(WAIT, || {
+        status = futures_lite_block(open.get("/v1/x")).map_or(0, |r| r.status.as_u16());
+        status != 200
+    }));
+    assert_eq!(status, 403, "the open connection is refused");
+
+    responder.stop();
+    let late = setup.ca.issue(&LeafSpec::client("late").with_ocsp(&url));
+    let reply = setup.client(&late).get(gw.addr, "/v1/x").await.unwrap();
+    assert_eq!(reply.status, 200, "soft lets the client in without a responder");
+    assert!(ocsp_checks(&gw, "error") >= 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ocsp_hard_refuses_unknown_and_unreachable() {
+    if !have("openssl") {
+        return;
+    }
+    let setup = ocsp_setup(echo_upstream().await, "hard");
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}/");
+    let good = setup.ca.issue(&LeafSpec::client("good").with_ocsp(&url));
+    let unknown = setup.ca.issue(&LeafSpec::client("unknown").with_ocsp(&url));
+    let mut responder = OcspResponder::start_on(port, setup.path(), &setup.ca, &[&good], &[]);
+    let gw = setup.start();
+    let first = setup.client(&good).get(gw.addr, "/v1/x").await.unwrap();
+    assert_eq!(first.status, 200, "{}", gw.logs());
+    let reply = setup.client(&unknown).get(gw.addr, "/v1/x").await.unwrap();
+    assert_gateway_error(&reply, 403, "certificate_rejected", "hard refuses unknown");
+    let no_aia = setup.ca.issue(&LeafSpec::client("no responder"));
+    let reply = setup.client(&no_aia).get(gw.addr, "/v1/x").await.unwrap();
+    assert_gateway_error(&reply, 403, "certificate_rejected", "hard refuses without a responder");
+    responder.stop();
+    let late = setup.ca.issue(&LeafSpec::client("late").with_ocsp(&url));
+    let reply = setup.client(&late).get(gw.addr, "/v1/x").await.unwrap();
+    assert_gateway_error(&reply, 403, "certificate_rejected", "hard refuses without an answer");
+    assert!(ocsp_checks(&gw, "error") >= 2.0);
+    // The answer about `good` is cached until it runs out; a new
+    // connection inside that time needs no responder.
+    assert_eq!(ocsp_checks(&gw, "good"), 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn served_certificates_are_stapled() {
+    if !have("openssl") {
+        return;
+    }
+    let mut setup = Setup::new(echo_upstream().await);
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}/");
+    let server = setup.server_ca.issue(&LeafSpec::server().with_ocsp(&url));
+    // The chain carries the issuer: what the response is verified against.
+    write(setup.path(), "server.pem", &format!("{}{}", server.cert_pem, setup.server_ca.pem));
+    write(setup.path(), "server.key", &server.key_pem);
+    let _responder = OcspResponder::start_on(port, setup.path(), &setup.server_ca, &[&server], &[]);
+    setup.extra = "[authorization]\ndefault = \"authenticated\"\n".into();
+    setup.listener = Some("[listener]\naddress = \"127.0.0.1:0\"\n".into());
+    let text = setup.config_text().replace(
+        "key = \"server.key\"\n",
+        "key = \"server.key\"\nocsp_stapling = true\n",
+    );
+    let config = write(setup.path(), "certgate.toml", &text);
+    let gw = Gateway::start(&config, &[]);
+    let leaf = setup.ca.issue(&LeafSpec::client("billing"));
+    write(setup.path(), "client.pem", &leaf.cert_pem);
+    write(setup.path(), "client.key", &leaf.key_pem);
+    write(setup.path(), "server-ca.pem", &setup.server_ca.pem);
+    let mut report = String::new();
+    let stapled = eventually(WAIT, || {
+        let out = Command::new("openssl")
+            .args(["s_client", "-status", "-connect"])
+            .arg(gw.addr.to_string())
+            .args(["-servername", "localhost", "-CAfile"])
+            .arg(setup.path().join("server-ca.pem"))
+            .arg("-cert")
+            .arg(setup.path().join("client.pem"))
+            .arg("-key")
+            .arg(setup.path().join("client.key"))
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        report = String::from_utf8_lossy(&out.stdout).into_owned();
+        report.contains("OCSP Response Status: successful") && report.contains("Cert Status: good")
+    });
+    assert!(stapled, "no good staple:\n{report}\n{}", gw.logs());
+    let subject = "certgate_ocsp_staple_next_update_timestamp_seconds{subject=\"CN=localhost\"}";
+    assert!(gw.metric(subject) > 0.0, "{}", gw.metrics());
+}
