@@ -127,6 +127,22 @@ async fn a_start_needs_the_crl_or_its_cached_copy() {
     let publisher = Publisher::start(&der_crl(&setup.ca.crl(&[&leaf])));
     setup.client_auth = Some(fetching(&publisher.url("/clients.crl")));
     drop(setup.start());
+    let config = setup.path().join("certgate.toml");
+    let online = Command::new(BIN).args(["check", "--online", "-c"]).arg(&config).output().unwrap();
+    let report = String::from_utf8_lossy(&online.stdout);
+    let url = publisher.url("/clients.crl");
+    assert!(report.contains(&format!("crl fetch {url}: ok")), "{report}");
+    write(setup.path(), "leaf.pem", &leaf.cert_pem);
+    let explained = Command::new(BIN)
+        .args(["explain", "--cert"])
+        .arg(setup.path().join("leaf.pem"))
+        .arg("-c")
+        .arg(&config)
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&explained.stdout);
+    assert!(report.contains("REFUSED (revoked)"), "{report}");
+    assert!(report.contains(&format!("revocation:  CRL {url} (this_update=")), "{report}");
     drop(publisher);
     let gw = setup.start();
     assert!(gw.wait_for_log(&["starting with the cached copy"], WAIT));
