@@ -285,4 +285,42 @@ async fn served_certificates_are_stapled() {
     assert!(stapled, "no good staple:\n{report}\n{}", gw.logs());
     let subject = "certgate_ocsp_staple_next_update_timestamp_seconds{subject=\"CN=localhost\"}";
     assert!(gw.metric(subject) > 0.0, "{}", gw.metrics());
+    if have("promtool") {
+        // Every revocation metric, the staple gauge populated, passes the linter.
+        let metrics = gw.metrics();
+        let mut lint = Command::new("promtool")
+            .args(["check", "metrics"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write as _;
+        lint.stdin.take().unwrap().write_all(metrics.as_bytes()).unwrap();
+        let out = lint.wait_with_output().unwrap();
+        let findings = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success() && findings.trim().is_empty(), "{findings}");
+        for family in ["certgate_crl_fetches_total", "certgate_ocsp_checks_total"] {
+            assert!(metrics.contains(&format!("# TYPE {family} counter")), "{family}");
+        }
+    }
+}
+
+#[test]
+fn revocation_alerts_pass_promtool_test_rules() {
+    if !have("promtool") {
+        return;
+    }
+    let docs = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs");
+    let out = Command::new("promtool")
+        .args(["test", "rules", "prometheus-alerts.test.yml"])
+        .current_dir(&docs)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success() && text.contains("SUCCESS"), "{text}");
 }
