@@ -324,3 +324,85 @@ fn revocation_alerts_pass_promtool_test_rules() {
     );
     assert!(out.status.success() && text.contains("SUCCESS"), "{text}");
 }
+
+/// `openssl ocsp` answering `request` from an index listing `good`,
+/// signed by `signer` (certificate and key PEM), valid for a day.
+fn openssl_answer(dir: &std::path::Path, ca: &TestCa, good: &Leaf, signer: (&str, &str), request: &[u8]) -> Vec<u8> {
+    let serial = hex::encode_upper(good.serial.to_bytes());
+    write(dir, "index.txt", &format!("V\t301231235959Z\t\t{serial}\tunknown\t/CN=test\n"));
+    write(dir, "ca.pem", &ca.pem);
+    write(dir, "signer.pem", signer.0);
+    write(dir, "signer.key", signer.1);
+    std::fs::write(dir.join("req.der"), request).unwrap();
+    let out = Command::new("openssl")
+        .args(["ocsp", "-index", "index.txt", "-CA", "ca.pem", "-rsigner", "signer.pem"])
+        .args(["-rkey", "signer.key", "-reqin", "req.der", "-respout", "resp.der", "-ndays", "1"])
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    std::fs::read(dir.join("resp.der")).unwrap()
+}
+
+#[test]
+fn ocsp_answers_are_believed_only_when_authorized_fresh_and_about_the_request() {
+    use certgate::revocation::ocsp::Query;
+    use certgate::revocation::OcspStatus;
+    if !have("openssl") {
+        return;
+    }
+    certgate::tls::install_provider();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::root("ocsp test CA");
+    let url = "http://127.0.0.1:9/";
+    let leaf = ca.issue(&LeafSpec::client("good").with_ocsp(url));
+    let other = ca.issue(&LeafSpec::client("other").with_ocsp(url));
+    let delegated = ca.issue(&LeafSpec { eku: Eku::OcspSigning, ..LeafSpec::client("responder") });
+    let not_a_responder = ca.issue(&LeafSpec::client("not a responder"));
+    let impostor = impostor_ca("ocsp test CA");
+    let query = |l: &Leaf, nonce| Query::new(&l.der, ca.der.clone(), url.to_owned(), nonce).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let ttl = Duration::from_secs(60);
+
+    let asked = query(&leaf, true);
+    let by_ca = openssl_answer(dir.path(), &ca, &leaf, (&ca.pem, &ca.key_pem), asked.request_der());
+    let answer = asked.verify(&by_ca, now, ttl).expect("signed by the CA");
+    assert_eq!(answer.status, OcspStatus::Good);
+    assert!(answer.valid_until_unix > now + 3600, "nextUpdate a day on");
+    let by_delegate = openssl_answer(dir.path(), &ca, &leaf, (&delegated.cert_pem, &delegated.key_pem), asked.request_der());
+    asked.verify(&by_delegate, now, ttl).expect("signed by a delegated responder");
+
+    let unsigned = "not signed by the issuer or a responder it authorized";
+    let cases: [(&str, &Query, Vec<u8>, i64, &str); 5] = [
+        (
+            "signed by a certificate without id-kp-OCSPSigning",
+            &asked,
+            openssl_answer(dir.path(), &ca, &leaf, (&not_a_responder.cert_pem, &not_a_responder.key_pem), asked.request_der()),
+            now,
+            unsigned,
+        ),
+        (
+            "signed by a look-alike CA",
+            &asked,
+            openssl_answer(dir.path(), &ca, &leaf, (&impostor.pem, &impostor.key_pem), asked.request_der()),
+            now,
+            unsigned,
+        ),
+        ("past its nextUpdate", &asked, by_ca.clone(), now + 3 * 86_400, "stale"),
+        ("the nonce of another request", &query(&leaf, true), by_ca.clone(), now, "nonce"),
+        (
+            "about another certificate",
+            &query(&other, false),
+            openssl_answer(dir.path(), &ca, &leaf, (&ca.pem, &ca.key_pem), query(&leaf, false).request_der()),
+            now,
+            "no answer about this certificate",
+        ),
+    ];
+    for (case, query, response, at, reason) in cases {
+        let err = query.verify(&response, at, ttl).expect_err(case).to_string();
+        assert!(err.contains(reason), "{case}: {err}");
+    }
+}

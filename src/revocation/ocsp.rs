@@ -208,6 +208,11 @@ impl Query {
         })
     }
 
+    /// The DER request, as POSTed to the responder.
+    pub fn request_der(&self) -> &[u8] {
+        &self.request
+    }
+
     /// Asks the responder (HTTP POST) and verifies its answer.
     /// `no_next_update_ttl`: how long an answer without nextUpdate is kept.
     ///

@@ -185,6 +185,8 @@ fn ca_params(cn: &str) -> CertificateParams {
 pub enum Eku {
     Client,
     Server,
+    /// id-kp-OCSPSigning: a delegated OCSP responder.
+    OcspSigning,
     None,
 }
 
@@ -299,6 +301,7 @@ impl LeafSpec {
         p.extended_key_usages = match self.eku {
             Eku::Client => vec![ExtendedKeyUsagePurpose::ClientAuth],
             Eku::Server => vec![ExtendedKeyUsagePurpose::ServerAuth],
+            Eku::OcspSigning => vec![ExtendedKeyUsagePurpose::OcspSigning],
             Eku::None => vec![],
         };
         p.key_usages = self
