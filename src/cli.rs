@@ -94,7 +94,9 @@ pub fn main() -> ExitCode {
     };
     match cli.command {
         Command::Run { config } => daemon::run(&config::resolve_path(config.as_deref())),
-        Command::Check { config, online } => check(&config::resolve_path(config.as_deref()), online),
+        Command::Check { config, online } => {
+            check(&config::resolve_path(config.as_deref()), online)
+        }
         Command::Explain {
             config,
             cert,

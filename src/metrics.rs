@@ -493,6 +493,8 @@ mod tests {
     fn crl(issuer: &str, next_update_unix: Option<i64>) -> CrlInfo {
         CrlInfo {
             file: "x.crl".into(),
+            url: None,
+            this_update: String::new(),
             issuer: issuer.into(),
             revoked: 0,
             next_update: None,

@@ -106,7 +106,9 @@ fn served(state: &State, warned: &mut HashSet<CertKey>) -> HashMap<CertKey, Serv
     let certs = &state.server_certs;
     let mut out = HashMap::new();
     for ck in std::iter::once(&certs.default).chain(certs.by_name.values()) {
-        let Some(leaf) = ck.cert.first() else { continue };
+        let Some(leaf) = ck.cert.first() else {
+            continue;
+        };
         let key = revocation::cert_key(leaf);
         let subject = crate::identity::Identity::from_der(leaf)
             .map(|id| id.subject)
@@ -132,7 +134,11 @@ fn served(state: &State, warned: &mut HashSet<CertKey>) -> HashMap<CertKey, Serv
                     } else {
                         "its chain does not include the issuer's certificate"
                     };
-                    tracing::warn!(subject, reason = why, "cannot staple OCSP for a served certificate");
+                    tracing::warn!(
+                        subject,
+                        reason = why,
+                        "cannot staple OCSP for a served certificate"
+                    );
                 }
             }
         }
@@ -194,8 +200,17 @@ async fn staples(gw: Arc<Gateway>, rebuild: mpsc::Sender<()>) {
         if changed {
             let _ = rebuild.try_send(());
         }
-        let expiries = state.sources.staples().into_iter().map(|(_, a)| a.valid_until_unix);
-        let next = due.values().copied().chain(expiries).min().unwrap_or(now + refresh);
+        let expiries = state
+            .sources
+            .staples()
+            .into_iter()
+            .map(|(_, a)| a.valid_until_unix);
+        let next = due
+            .values()
+            .copied()
+            .chain(expiries)
+            .min()
+            .unwrap_or(now + refresh);
         let wait = Duration::from_secs((next - now).clamp(1, refresh) as u64);
         wait_or_config_change(&gw, &state, wait, |s| &s.config.server_tls).await;
     }
@@ -205,16 +220,27 @@ async fn staples(gw: Arc<Gateway>, rebuild: mpsc::Sender<()>) {
 /// good, or revoked (clients that check should learn it); `unknown` says
 /// nothing a client could use.
 async fn fetch_staple(cert: &Served, state: &State) -> Result<revocation::OcspAnswer, String> {
-    let query = Query::new(&cert.leaf, cert.issuer.clone(), cert.responder.clone(), false)
-        .map_err(|e| e.to_string())?;
+    let query = Query::new(
+        &cert.leaf,
+        cert.issuer.clone(),
+        cert.responder.clone(),
+        false,
+    )
+    .map_err(|e| e.to_string())?;
     let answer = query
         .ask(state.sources.http(), state.config.client_auth.crl_refresh)
         .await
         .map_err(|e| e.to_string())?;
     match answer.status {
-        OcspStatus::Unknown => Err(format!("responder {} does not know the certificate", cert.responder)),
+        OcspStatus::Unknown => Err(format!(
+            "responder {} does not know the certificate",
+            cert.responder
+        )),
         OcspStatus::Revoked => {
-            tracing::error!(subject = cert.subject, "the responder says a served certificate is REVOKED");
+            tracing::error!(
+                subject = cert.subject,
+                "the responder says a served certificate is REVOKED"
+            );
             Ok(answer)
         }
         OcspStatus::Good => Ok(answer),

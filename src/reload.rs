@@ -203,7 +203,11 @@ impl Reloader {
         if config.listener.max_connections != running.listener.max_connections {
             tracing::warn!("listener.max_connections changed: applies after a restart");
         }
-        State::build_with(Arc::new(config), generation, self.gw.state().sources.clone())
+        State::build_with(
+            Arc::new(config),
+            generation,
+            self.gw.state().sources.clone(),
+        )
     }
 }
 

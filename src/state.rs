@@ -96,7 +96,9 @@ impl State {
         let config = Arc::new(Config::load(path)?);
         let sources = Arc::new(Sources::default());
         for url in &config.client_auth.crl_urls {
-            if let Some(Ok(crl)) = revocation::crl::read_cache(&config.client_auth, &url.to_string()) {
+            if let Some(Ok(crl)) =
+                revocation::crl::read_cache(&config.client_auth, &url.to_string())
+            {
                 sources.set_crl(crl);
             }
         }
@@ -127,7 +129,8 @@ impl State {
         let mut problems = Vec::new();
         let mut certs = Vec::new();
         let mut staples = Vec::new();
-        let server_certs = load_server_certs(&config, &sources, &mut certs, &mut staples, &mut problems);
+        let server_certs =
+            load_server_certs(&config, &sources, &mut certs, &mut staples, &mut problems);
         let client_auth = load_client_auth(&config, &sources, &mut certs, &mut problems);
         let upstream = Upstream::build(&config.upstream)
             .map_err(|e| problems.push(e))

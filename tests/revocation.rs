@@ -26,7 +26,9 @@ fn fetching(url: &str) -> String {
 }
 
 fn fetches(gw: &Gateway, result: &str) -> f64 {
-    gw.metric(&format!("certgate_crl_fetches_total{{result=\"{result}\"}}"))
+    gw.metric(&format!(
+        "certgate_crl_fetches_total{{result=\"{result}\"}}"
+    ))
 }
 
 /// Waits for `n` more fetches with `result` than `before`.
@@ -53,7 +55,12 @@ async fn fetched_crls_are_revalidated_verified_and_reach_open_connections() {
 
     // Revalidation: the unchanged CRL is answered 304 and counted so.
     wait_fetches(&gw, "not_modified", 0.0, "revalidation");
-    assert!(publisher.revalidated.load(std::sync::atomic::Ordering::Relaxed) > 0);
+    assert!(
+        publisher
+            .revalidated
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > 0
+    );
 
     // A CRL that revokes the client reaches the open connection.
     publisher.publish(&der_crl(&setup.ca.crl(&[&leaf])));
@@ -69,8 +76,16 @@ async fn fetched_crls_are_revalidated_verified_and_reach_open_connections() {
         done
     }));
     let reply = refused.unwrap().expect("the open connection answers");
-    assert_gateway_error(&reply, 403, "certificate_rejected", "revoked by a fetched CRL");
-    assert!(client.get(gw.addr, "/v1/x").await.is_err(), "new handshake refused");
+    assert_gateway_error(
+        &reply,
+        403,
+        "certificate_rejected",
+        "revoked by a fetched CRL",
+    );
+    assert!(
+        client.get(gw.addr, "/v1/x").await.is_err(),
+        "new handshake refused"
+    );
     let csv = gw.metric("certgate_tls_handshakes_total{result=\"revoked\"}");
     assert!(csv >= 1.0, "handshake refusal counted as revoked");
 
@@ -78,8 +93,16 @@ async fn fetched_crls_are_revalidated_verified_and_reach_open_connections() {
     // revokes the client): none of them lets it back in.
     let impostor = impostor_ca("certgate test client CA");
     let bad: [(&str, Vec<u8>, Duration); 4] = [
-        ("signed by the wrong key", der_crl(&setup.ca.forged_crl(&impostor, &[])), Duration::ZERO),
-        ("stale", der_crl(&setup.ca.crl_with(&[], time::Duration::minutes(30))), Duration::ZERO),
+        (
+            "signed by the wrong key",
+            der_crl(&setup.ca.forged_crl(&impostor, &[])),
+            Duration::ZERO,
+        ),
+        (
+            "stale",
+            der_crl(&setup.ca.crl_with(&[], time::Duration::minutes(30))),
+            Duration::ZERO,
+        ),
         ("oversized", vec![0x30; 17 << 20], Duration::ZERO),
         ("slow", der_crl(&setup.ca.crl(&[])), Duration::from_secs(3)),
     ];
@@ -120,7 +143,10 @@ async fn a_start_needs_the_crl_or_its_cached_copy() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
-    assert!(stderr.contains(&gone) && stderr.contains("no cached copy"), "{stderr}");
+    assert!(
+        stderr.contains(&gone) && stderr.contains("no cached copy"),
+        "{stderr}"
+    );
 
     // Fetched once, the CRL is cached; a start without the server uses it.
     let leaf = setup.ca.issue(&LeafSpec::client("billing"));
@@ -128,7 +154,11 @@ async fn a_start_needs_the_crl_or_its_cached_copy() {
     setup.client_auth = Some(fetching(&publisher.url("/clients.crl")));
     drop(setup.start());
     let config = setup.path().join("certgate.toml");
-    let online = Command::new(BIN).args(["check", "--online", "-c"]).arg(&config).output().unwrap();
+    let online = Command::new(BIN)
+        .args(["check", "--online", "-c"])
+        .arg(&config)
+        .output()
+        .unwrap();
     let report = String::from_utf8_lossy(&online.stdout);
     let url = publisher.url("/clients.crl");
     assert!(report.contains(&format!("crl fetch {url}: ok")), "{report}");
@@ -142,18 +172,27 @@ async fn a_start_needs_the_crl_or_its_cached_copy() {
         .unwrap();
     let report = String::from_utf8_lossy(&explained.stdout);
     assert!(report.contains("REFUSED (revoked)"), "{report}");
-    assert!(report.contains(&format!("revocation:  CRL {url} (this_update=")), "{report}");
+    assert!(
+        report.contains(&format!("revocation:  CRL {url} (this_update=")),
+        "{report}"
+    );
     drop(publisher);
     let gw = setup.start();
     assert!(gw.wait_for_log(&["starting with the cached copy"], WAIT));
-    assert!(setup.client(&leaf).get(gw.addr, "/v1/x").await.is_err(), "still revoked");
+    assert!(
+        setup.client(&leaf).get(gw.addr, "/v1/x").await.is_err(),
+        "still revoked"
+    );
     let check = Command::new(BIN)
         .args(["check", "-c"])
         .arg(setup.path().join("certgate.toml"))
         .output()
         .unwrap();
     let report = String::from_utf8_lossy(&check.stdout);
-    assert!(report.contains("clients.crl") && report.contains("this_update="), "{report}");
+    assert!(
+        report.contains("clients.crl") && report.contains("this_update="),
+        "{report}"
+    );
 }
 
 fn ocsp_setup(upstream: std::net::SocketAddr, mode: &str) -> Setup {
@@ -166,7 +205,9 @@ fn ocsp_setup(upstream: std::net::SocketAddr, mode: &str) -> Setup {
 }
 
 fn ocsp_checks(gw: &Gateway, result: &str) -> f64 {
-    gw.metric(&format!("certgate_ocsp_checks_total{{result=\"{result}\"}}"))
+    gw.metric(&format!(
+        "certgate_ocsp_checks_total{{result=\"{result}\"}}"
+    ))
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -180,7 +221,8 @@ async fn ocsp_soft_asks_the_responder_and_lets_unknown_and_unreachable_in() {
     let good = setup.ca.issue(&LeafSpec::client("good").with_ocsp(&url));
     let revoked = setup.ca.issue(&LeafSpec::client("revoked").with_ocsp(&url));
     let unknown = setup.ca.issue(&LeafSpec::client("unknown").with_ocsp(&url));
-    let mut responder = OcspResponder::start_on(port, setup.path(), &setup.ca, &[&good], &[&revoked]);
+    let mut responder =
+        OcspResponder::start_on(port, setup.path(), &setup.ca, &[&good], &[&revoked]);
     let gw = setup.start();
 
     let mut open = setup.client(&good).connect(gw.addr).await.unwrap();
@@ -189,7 +231,10 @@ async fn ocsp_soft_asks_the_responder_and_lets_unknown_and_unreachable_in() {
     let reply = setup.client(&revoked).get(gw.addr, "/v1/x").await.unwrap();
     assert_gateway_error(&reply, 403, "certificate_rejected", "revoked by OCSP");
     assert_eq!(ocsp_checks(&gw, "revoked"), 1.0);
-    assert!(gw.wait_for_log(&["client certificate refused by OCSP", &revoked.fingerprint()], WAIT));
+    assert!(gw.wait_for_log(
+        &["client certificate refused by OCSP", &revoked.fingerprint()],
+        WAIT
+    ));
     let reply = setup.client(&unknown).get(gw.addr, "/v1/x").await.unwrap();
     assert_eq!(reply.status, 200, "soft lets unknown in");
     assert_eq!(ocsp_checks(&gw, "unknown"), 1.0);
@@ -207,7 +252,10 @@ async fn ocsp_soft_asks_the_responder_and_lets_unknown_and_unreachable_in() {
     responder.stop();
     let late = setup.ca.issue(&LeafSpec::client("late").with_ocsp(&url));
     let reply = setup.client(&late).get(gw.addr, "/v1/x").await.unwrap();
-    assert_eq!(reply.status, 200, "soft lets the client in without a responder");
+    assert_eq!(
+        reply.status, 200,
+        "soft lets the client in without a responder"
+    );
     assert!(ocsp_checks(&gw, "error") >= 1.0);
 }
 
@@ -229,11 +277,21 @@ async fn ocsp_hard_refuses_unknown_and_unreachable() {
     assert_gateway_error(&reply, 403, "certificate_rejected", "hard refuses unknown");
     let no_aia = setup.ca.issue(&LeafSpec::client("no responder"));
     let reply = setup.client(&no_aia).get(gw.addr, "/v1/x").await.unwrap();
-    assert_gateway_error(&reply, 403, "certificate_rejected", "hard refuses without a responder");
+    assert_gateway_error(
+        &reply,
+        403,
+        "certificate_rejected",
+        "hard refuses without a responder",
+    );
     responder.stop();
     let late = setup.ca.issue(&LeafSpec::client("late").with_ocsp(&url));
     let reply = setup.client(&late).get(gw.addr, "/v1/x").await.unwrap();
-    assert_gateway_error(&reply, 403, "certificate_rejected", "hard refuses without an answer");
+    assert_gateway_error(
+        &reply,
+        403,
+        "certificate_rejected",
+        "hard refuses without an answer",
+    );
     assert!(ocsp_checks(&gw, "error") >= 2.0);
     // The answer about `good` is cached until it runs out; a new
     // connection inside that time needs no responder.
@@ -250,7 +308,11 @@ async fn served_certificates_are_stapled() {
     let url = format!("http://127.0.0.1:{port}/");
     let server = setup.server_ca.issue(&LeafSpec::server().with_ocsp(&url));
     // The chain carries the issuer: what the response is verified against.
-    write(setup.path(), "server.pem", &format!("{}{}", server.cert_pem, setup.server_ca.pem));
+    write(
+        setup.path(),
+        "server.pem",
+        &format!("{}{}", server.cert_pem, setup.server_ca.pem),
+    );
     write(setup.path(), "server.key", &server.key_pem);
     let _responder = OcspResponder::start_on(port, setup.path(), &setup.server_ca, &[&server], &[]);
     setup.extra = "[authorization]\ndefault = \"authenticated\"\n".into();
@@ -296,12 +358,26 @@ async fn served_certificates_are_stapled() {
             .spawn()
             .unwrap();
         use std::io::Write as _;
-        lint.stdin.take().unwrap().write_all(metrics.as_bytes()).unwrap();
+        lint.stdin
+            .take()
+            .unwrap()
+            .write_all(metrics.as_bytes())
+            .unwrap();
         let out = lint.wait_with_output().unwrap();
-        let findings = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-        assert!(out.status.success() && findings.trim().is_empty(), "{findings}");
+        let findings = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.status.success() && findings.trim().is_empty(),
+            "{findings}"
+        );
         for family in ["certgate_crl_fetches_total", "certgate_ocsp_checks_total"] {
-            assert!(metrics.contains(&format!("# TYPE {family} counter")), "{family}");
+            assert!(
+                metrics.contains(&format!("# TYPE {family} counter")),
+                "{family}"
+            );
         }
     }
 }
@@ -327,20 +403,51 @@ fn revocation_alerts_pass_promtool_test_rules() {
 
 /// `openssl ocsp` answering `request` from an index listing `good`,
 /// signed by `signer` (certificate and key PEM), valid for a day.
-fn openssl_answer(dir: &std::path::Path, ca: &TestCa, good: &Leaf, signer: (&str, &str), request: &[u8]) -> Vec<u8> {
+fn openssl_answer(
+    dir: &std::path::Path,
+    ca: &TestCa,
+    good: &Leaf,
+    signer: (&str, &str),
+    request: &[u8],
+) -> Vec<u8> {
     let serial = hex::encode_upper(good.serial.to_bytes());
-    write(dir, "index.txt", &format!("V\t301231235959Z\t\t{serial}\tunknown\t/CN=test\n"));
+    write(
+        dir,
+        "index.txt",
+        &format!("V\t301231235959Z\t\t{serial}\tunknown\t/CN=test\n"),
+    );
     write(dir, "ca.pem", &ca.pem);
     write(dir, "signer.pem", signer.0);
     write(dir, "signer.key", signer.1);
     std::fs::write(dir.join("req.der"), request).unwrap();
     let out = Command::new("openssl")
-        .args(["ocsp", "-index", "index.txt", "-CA", "ca.pem", "-rsigner", "signer.pem"])
-        .args(["-rkey", "signer.key", "-reqin", "req.der", "-respout", "resp.der", "-ndays", "1"])
+        .args([
+            "ocsp",
+            "-index",
+            "index.txt",
+            "-CA",
+            "ca.pem",
+            "-rsigner",
+            "signer.pem",
+        ])
+        .args([
+            "-rkey",
+            "signer.key",
+            "-reqin",
+            "req.der",
+            "-respout",
+            "resp.der",
+            "-ndays",
+            "1",
+        ])
         .current_dir(dir)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     std::fs::read(dir.join("resp.der")).unwrap()
 }
 
@@ -357,10 +464,14 @@ fn ocsp_answers_are_believed_only_when_authorized_fresh_and_about_the_request() 
     let url = "http://127.0.0.1:9/";
     let leaf = ca.issue(&LeafSpec::client("good").with_ocsp(url));
     let other = ca.issue(&LeafSpec::client("other").with_ocsp(url));
-    let delegated = ca.issue(&LeafSpec { eku: Eku::OcspSigning, ..LeafSpec::client("responder") });
+    let delegated = ca.issue(&LeafSpec {
+        eku: Eku::OcspSigning,
+        ..LeafSpec::client("responder")
+    });
     let not_a_responder = ca.issue(&LeafSpec::client("not a responder"));
     let impostor = impostor_ca("ocsp test CA");
-    let query = |l: &Leaf, nonce| Query::new(&l.der, ca.der.clone(), url.to_owned(), nonce).unwrap();
+    let query =
+        |l: &Leaf, nonce| Query::new(&l.der, ca.der.clone(), url.to_owned(), nonce).unwrap();
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -368,41 +479,88 @@ fn ocsp_answers_are_believed_only_when_authorized_fresh_and_about_the_request() 
     let ttl = Duration::from_secs(60);
 
     let asked = query(&leaf, true);
-    let by_ca = openssl_answer(dir.path(), &ca, &leaf, (&ca.pem, &ca.key_pem), asked.request_der());
+    let by_ca = openssl_answer(
+        dir.path(),
+        &ca,
+        &leaf,
+        (&ca.pem, &ca.key_pem),
+        asked.request_der(),
+    );
     let answer = asked.verify(&by_ca, now, ttl).expect("signed by the CA");
     assert_eq!(answer.status, OcspStatus::Good);
     assert!(answer.valid_until_unix > now + 3600, "nextUpdate a day on");
-    let by_delegate = openssl_answer(dir.path(), &ca, &leaf, (&delegated.cert_pem, &delegated.key_pem), asked.request_der());
-    asked.verify(&by_delegate, now, ttl).expect("signed by a delegated responder");
+    let by_delegate = openssl_answer(
+        dir.path(),
+        &ca,
+        &leaf,
+        (&delegated.cert_pem, &delegated.key_pem),
+        asked.request_der(),
+    );
+    asked
+        .verify(&by_delegate, now, ttl)
+        .expect("signed by a delegated responder");
 
     let unsigned = "not signed by the issuer or a responder it authorized";
     let cases: [(&str, &Query, Vec<u8>, i64, &str); 5] = [
         (
             "signed by a certificate without id-kp-OCSPSigning",
             &asked,
-            openssl_answer(dir.path(), &ca, &leaf, (&not_a_responder.cert_pem, &not_a_responder.key_pem), asked.request_der()),
+            openssl_answer(
+                dir.path(),
+                &ca,
+                &leaf,
+                (&not_a_responder.cert_pem, &not_a_responder.key_pem),
+                asked.request_der(),
+            ),
             now,
             unsigned,
         ),
         (
             "signed by a look-alike CA",
             &asked,
-            openssl_answer(dir.path(), &ca, &leaf, (&impostor.pem, &impostor.key_pem), asked.request_der()),
+            openssl_answer(
+                dir.path(),
+                &ca,
+                &leaf,
+                (&impostor.pem, &impostor.key_pem),
+                asked.request_der(),
+            ),
             now,
             unsigned,
         ),
-        ("past its nextUpdate", &asked, by_ca.clone(), now + 3 * 86_400, "stale"),
-        ("the nonce of another request", &query(&leaf, true), by_ca.clone(), now, "nonce"),
+        (
+            "past its nextUpdate",
+            &asked,
+            by_ca.clone(),
+            now + 3 * 86_400,
+            "stale",
+        ),
+        (
+            "the nonce of another request",
+            &query(&leaf, true),
+            by_ca,
+            now,
+            "nonce",
+        ),
         (
             "about another certificate",
             &query(&other, false),
-            openssl_answer(dir.path(), &ca, &leaf, (&ca.pem, &ca.key_pem), query(&leaf, false).request_der()),
+            openssl_answer(
+                dir.path(),
+                &ca,
+                &leaf,
+                (&ca.pem, &ca.key_pem),
+                query(&leaf, false).request_der(),
+            ),
             now,
             "no answer about this certificate",
         ),
     ];
     for (case, query, response, at, reason) in cases {
-        let err = query.verify(&response, at, ttl).expect_err(case).to_string();
+        let err = query
+            .verify(&response, at, ttl)
+            .expect_err(case)
+            .to_string();
         assert!(err.contains(reason), "{case}: {err}");
     }
 }

@@ -629,6 +629,10 @@ impl Validator<'_> {
     }
 
     fn client_auth(&mut self, c: raw::RawClientAuth) -> ClientAuthConfig {
+        let crl_refresh = self.duration("client_auth.crl_refresh", &c.crl_refresh);
+        if crl_refresh < Duration::from_secs(1) {
+            self.problem("client_auth.crl_refresh", "must be at least \"1s\"");
+        }
         if c.trusted_cas.is_empty() {
             self.problem(
                 "client_auth.trusted_cas",
@@ -665,7 +669,7 @@ impl Validator<'_> {
                 .iter()
                 .map(|u| self.fetch_url("client_auth.crl_urls", u))
                 .collect(),
-            crl_refresh: self.duration("client_auth.crl_refresh", &c.crl_refresh),
+            crl_refresh,
             crl_cache_dir: (!c.crl_cache_dir.trim().is_empty())
                 .then(|| self.dir.join(&c.crl_cache_dir)),
             ocsp: self.choice(

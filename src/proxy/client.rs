@@ -123,7 +123,8 @@ impl ClientConnection {
             );
             Err(GatewayError::CertificateRejected(reason))
         };
-        let retry = now + OCSP_RETRY_SECS.min(state.config.client_auth.crl_refresh.as_secs() as i64);
+        let retry =
+            now + OCSP_RETRY_SECS.min(state.config.client_auth.crl_refresh.as_secs() as i64);
         match answer {
             Ok(answer) => match (answer.status, mode) {
                 (OcspStatus::Revoked, _) => refuse("revoked"),

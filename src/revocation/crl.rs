@@ -128,7 +128,11 @@ pub async fn refresh(sources: &Sources, cfg: &ClientAuthConfig) -> Vec<UrlOutcom
 fn all_failed(urls: Vec<String>, reason: &str) -> Vec<UrlOutcome> {
     urls.into_iter()
         .map(|url| {
-            tracing::warn!(url, error = reason, "CRL fetch skipped: the trusted CAs cannot be read");
+            tracing::warn!(
+                url,
+                error = reason,
+                "CRL fetch skipped: the trusted CAs cannot be read"
+            );
             UrlOutcome {
                 url,
                 result: Err(CrlFetchError::Untrusted(format!(
@@ -208,10 +212,12 @@ pub fn accept(
     // refuses would fail every state build.
     webpki::BorrowedCertRevocationList::from_der(&der)
         .map_err(|e| CrlFetchError::Unparsable(format!("webpki cannot use it: {e}")))?;
-    crate::tls::crl::verify_crls(&[(PathBuf::from(url), der.clone())], cas).map_err(|problems| {
-        let reasons: Vec<String> = problems.iter().map(|p| p.reason.clone()).collect();
-        CrlFetchError::Untrusted(reasons.join("; "))
-    })?;
+    crate::tls::crl::verify_crls(&[(PathBuf::from(url), der.clone())], cas).map_err(
+        |problems| {
+            let reasons: Vec<String> = problems.iter().map(|p| p.reason.clone()).collect();
+            CrlFetchError::Untrusted(reasons.join("; "))
+        },
+    )?;
     let (_, parsed) = CertificateRevocationList::from_der(&der)
         .map_err(|e| CrlFetchError::Unparsable(e.to_string()))?;
     let this_update = parsed.last_update().timestamp();
@@ -277,11 +283,16 @@ pub struct StartError(pub Vec<(String, String)>);
 ///
 /// # Errors
 /// [`StartError`] naming each URL with no usable CRL and why.
-pub async fn start(sources: &Sources, cfg: &ClientAuthConfig) -> Result<Vec<UrlOutcome>, StartError> {
+pub async fn start(
+    sources: &Sources,
+    cfg: &ClientAuthConfig,
+) -> Result<Vec<UrlOutcome>, StartError> {
     let outcomes = refresh(sources, cfg).await;
     let mut missing = Vec::new();
     for outcome in &outcomes {
-        let Err(error) = &outcome.result else { continue };
+        let Err(error) = &outcome.result else {
+            continue;
+        };
         match load_cached(cfg, &outcome.url).await {
             Some(Ok(crl)) => {
                 tracing::warn!(
@@ -293,7 +304,10 @@ pub async fn start(sources: &Sources, cfg: &ClientAuthConfig) -> Result<Vec<UrlO
                 sources.set_crl(crl);
             }
             Some(Err(cached)) => {
-                missing.push((outcome.url.clone(), format!("{error}; cached copy: {cached}")));
+                missing.push((
+                    outcome.url.clone(),
+                    format!("{error}; cached copy: {cached}"),
+                ));
             }
             None => missing.push((outcome.url.clone(), format!("{error}; no cached copy"))),
         }
@@ -307,7 +321,10 @@ pub async fn start(sources: &Sources, cfg: &ClientAuthConfig) -> Result<Vec<UrlO
 
 /// The cached copy of `url`'s CRL, verified; `None` without a cache
 /// directory or a cached file.
-async fn load_cached(cfg: &ClientAuthConfig, url: &str) -> Option<Result<FetchedCrl, CrlFetchError>> {
+async fn load_cached(
+    cfg: &ClientAuthConfig,
+    url: &str,
+) -> Option<Result<FetchedCrl, CrlFetchError>> {
     let (cfg, url) = (cfg.clone(), url.to_owned());
     tokio::task::spawn_blocking(move || read_cache(&cfg, &url))
         .await

@@ -43,10 +43,10 @@ pub struct HttpFetcher {
     client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
 }
 
-impl HttpFetcher {
-    /// Reads the system's root certificates: blocking file reads, so call
-    /// it off the runtime workers (at start, or on the blocking pool).
-    pub fn new() -> HttpFetcher {
+impl Default for HttpFetcher {
+    /// Reads the system's root certificates: blocking file reads, done once
+    /// per process on first use.
+    fn default() -> HttpFetcher {
         let mut roots = rustls::RootCertStore::empty();
         for cert in rustls_native_certs::load_native_certs().certs {
             let _ = roots.add(cert);
@@ -67,7 +67,9 @@ impl HttpFetcher {
             client: Client::builder(TokioExecutor::new()).build(connector),
         }
     }
+}
 
+impl HttpFetcher {
     /// Sends `req` and reads the answer, all within `timeout`, refusing a
     /// body over `limit` bytes before reading past it. Any status is an
     /// answer; callers decide which ones they accept.
@@ -86,7 +88,11 @@ impl HttpFetcher {
             .map_err(|_| FetchError::Timeout(timeout))?
     }
 
-    async fn exchange(&self, req: Request<Full<Bytes>>, limit: usize) -> Result<Answer, FetchError> {
+    async fn exchange(
+        &self,
+        req: Request<Full<Bytes>>,
+        limit: usize,
+    ) -> Result<Answer, FetchError> {
         let resp = self
             .client
             .request(req)

@@ -45,7 +45,11 @@ pub enum FetchResult {
 }
 
 impl FetchResult {
-    pub const ALL: [FetchResult; 3] = [FetchResult::Ok, FetchResult::NotModified, FetchResult::Error];
+    pub const ALL: [FetchResult; 3] = [
+        FetchResult::Ok,
+        FetchResult::NotModified,
+        FetchResult::Error,
+    ];
 
     pub fn label(self) -> &'static str {
         match self {
@@ -71,7 +75,7 @@ pub struct Sources {
 impl Sources {
     /// The HTTP client, built on first use (it reads the system's roots).
     pub fn http(&self) -> &http::HttpFetcher {
-        self.http.get_or_init(http::HttpFetcher::new)
+        self.http.get_or_init(http::HttpFetcher::default)
     }
 
     /// The last good CRL of `url`, if any.

@@ -88,10 +88,7 @@ pub enum OcspError {
         error: FetchError,
     },
     #[error("responder {responder}: {reason}")]
-    Response {
-        responder: String,
-        reason: String,
-    },
+    Response { responder: String, reason: String },
 }
 
 /// The OCSP request for one certificate and what its answer must match.
@@ -106,21 +103,23 @@ pub struct Query {
 /// The first http(s) OCSP responder in the certificate's AIA.
 pub fn responder_url(leaf_der: &[u8]) -> Option<String> {
     let (_, cert) = X509Certificate::from_der(leaf_der).ok()?;
-    cert.extensions().iter().find_map(|e| match e.parsed_extension() {
-        ParsedExtension::AuthorityInfoAccess(aia) => aia
-            .accessdescs
-            .iter()
-            .filter(|d| d.access_method.to_id_string() == "1.3.6.1.5.5.7.48.1")
-            .find_map(|d| match &d.access_location {
-                GeneralName::URI(uri)
-                    if uri.starts_with("http://") || uri.starts_with("https://") =>
-                {
-                    Some((*uri).to_owned())
-                }
-                _ => None,
-            }),
-        _ => None,
-    })
+    cert.extensions()
+        .iter()
+        .find_map(|e| match e.parsed_extension() {
+            ParsedExtension::AuthorityInfoAccess(aia) => aia
+                .accessdescs
+                .iter()
+                .filter(|d| d.access_method.to_id_string() == "1.3.6.1.5.5.7.48.1")
+                .find_map(|d| match &d.access_location {
+                    GeneralName::URI(uri)
+                        if uri.starts_with("http://") || uri.starts_with("https://") =>
+                    {
+                        Some((*uri).to_owned())
+                    }
+                    _ => None,
+                }),
+            _ => None,
+        })
 }
 
 /// The issuer of `leaf` among `candidates`: the first whose subject is the
@@ -169,7 +168,7 @@ impl Query {
             },
             issuer_name_hash: sha1(&issuer_name)?,
             issuer_key_hash: sha1(issuer_key)?,
-            serial_number: leaf.tbs_certificate.serial_number.clone(),
+            serial_number: leaf.tbs_certificate.serial_number,
         };
         let nonce = nonce.then(|| {
             let mut n = vec![0u8; 16];
@@ -180,8 +179,13 @@ impl Query {
             Some(n) => Some(vec![Extension {
                 extn_id: NONCE,
                 critical: false,
-                extn_value: OctetString::new(OctetString::new(n.clone()).map_err(bad)?.to_der().map_err(bad)?)
-                    .map_err(bad)?,
+                extn_value: OctetString::new(
+                    OctetString::new(n.clone())
+                        .map_err(bad)?
+                        .to_der()
+                        .map_err(bad)?,
+                )
+                .map_err(bad)?,
             }]),
             None => None,
         };
@@ -256,7 +260,8 @@ impl Query {
             responder: self.responder.clone(),
             reason,
         };
-        let response = OcspResponse::from_der(der).map_err(|e| refuse(format!("unreadable: {e}")))?;
+        let response =
+            OcspResponse::from_der(der).map_err(|e| refuse(format!("unreadable: {e}")))?;
         if response.response_status != OcspResponseStatus::Successful {
             return Err(refuse(format!("status {:?}", response.response_status)));
         }
@@ -264,7 +269,10 @@ impl Query {
             .response_bytes
             .ok_or_else(|| refuse("no response bytes".into()))?;
         if bytes.response_type != BASIC {
-            return Err(refuse(format!("response type {} is not basic", bytes.response_type)));
+            return Err(refuse(format!(
+                "response type {} is not basic",
+                bytes.response_type
+            )));
         }
         let basic_der = bytes.response.as_bytes();
         let basic = BasicOcspResponse::from_der(basic_der)
@@ -351,7 +359,8 @@ impl Query {
     }
 
     fn check_nonce(&self, basic: &BasicOcspResponse) -> Result<(), String> {
-        let (Some(sent), Some(extensions)) = (&self.nonce, &basic.tbs_response_data.response_extensions)
+        let (Some(sent), Some(extensions)) =
+            (&self.nonce, &basic.tbs_response_data.response_extensions)
         else {
             // Many responders answer from pre-signed responses without a
             // nonce; freshness then rests on thisUpdate and nextUpdate.
@@ -391,7 +400,12 @@ fn signed_parts(basic_der: &[u8]) -> Option<(&[u8], &[u8])> {
 
 /// Whether `signature` over `message` verifies with `signer`'s key under
 /// one of the handshake's algorithms that `algorithm` names.
-fn verify_with(signer: &CertificateDer<'_>, message: &[u8], algorithm: &[u8], signature: &[u8]) -> bool {
+fn verify_with(
+    signer: &CertificateDer<'_>,
+    message: &[u8],
+    algorithm: &[u8],
+    signature: &[u8],
+) -> bool {
     let Ok(cert) = webpki::EndEntityCert::try_from(signer) else {
         return false;
     };

@@ -94,7 +94,10 @@ mod tests {
         cache.insert([2; 32], answer(50), 0);
         cache.insert([3; 32], answer(200), 0);
         assert_eq!(cache.len(), 2, "full: one answer made room");
-        assert!(cache.get(&[2; 32], 0).is_none(), "the soonest to expire went");
+        assert!(
+            cache.get(&[2; 32], 0).is_none(),
+            "the soonest to expire went"
+        );
         cache.insert([4; 32], answer(300), 150);
         assert!(cache.get(&[1; 32], 0).is_none(), "expired answers go first");
         assert!(cache.get(&[3; 32], 150).is_some() && cache.get(&[4; 32], 150).is_some());

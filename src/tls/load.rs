@@ -275,9 +275,7 @@ pub fn load_crls(
 ///
 /// # Errors
 /// Why the bytes hold no usable CRL.
-pub fn crls_from_bytes(
-    bytes: &[u8],
-) -> Result<Vec<CertificateRevocationListDer<'static>>, String> {
+pub fn crls_from_bytes(bytes: &[u8]) -> Result<Vec<CertificateRevocationListDer<'static>>, String> {
     let crls: Vec<CertificateRevocationListDer<'static>> =
         if bytes.trim_ascii_start().starts_with(b"-----BEGIN") {
             CertificateRevocationListDer::pem_slice_iter(bytes)

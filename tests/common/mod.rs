@@ -32,4 +32,6 @@ mod upstream;
 // A test binary that uses nothing of a submodule would otherwise be told
 // that its re-export is unused.
 #[allow(unused_imports)]
-pub use self::{client::*, daemon::*, files::*, pki::*, publisher::*, refusals::*, tools::*, upstream::*};
+pub use self::{
+    client::*, daemon::*, files::*, pki::*, publisher::*, refusals::*, tools::*, upstream::*,
+};

@@ -123,7 +123,8 @@ fn serve(
     std::thread::sleep(delay);
     if if_none_match.as_deref() == Some(etag.as_str()) {
         revalidated.fetch_add(1, Ordering::Relaxed);
-        let head = format!("HTTP/1.1 304 Not Modified\r\nETag: {etag}\r\nConnection: close\r\n\r\n");
+        let head =
+            format!("HTTP/1.1 304 Not Modified\r\nETag: {etag}\r\nConnection: close\r\n\r\n");
         return stream.write_all(head.as_bytes());
     }
     let head = format!(
