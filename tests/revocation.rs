@@ -564,3 +564,34 @@ fn ocsp_answers_are_believed_only_when_authorized_fresh_and_about_the_request() 
         assert!(err.contains(reason), "{case}: {err}");
     }
 }
+
+/// Every TOML example in docs/revocation.md, laid over a minimal config,
+/// is a config certgate accepts: each names only real keys and values.
+#[test]
+fn revocation_doc_examples_are_valid_config() {
+    let doc = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/revocation.md"),
+    )
+    .unwrap();
+    let base = "[listener]\naddress = \"127.0.0.1:8443\"\n[server_tls]\ncert = \"s.pem\"\nkey = \"s.key\"\n[client_auth]\ntrusted_cas = [\"ca.pem\"]\n[upstream]\nurl = \"http://127.0.0.1:8080\"\n";
+    let blocks: Vec<&str> = doc
+        .split("```toml\n")
+        .skip(1)
+        .map(|b| b.split("\n```").next().unwrap())
+        .collect();
+    assert!(blocks.len() >= 6, "found {} blocks", blocks.len());
+    for block in blocks {
+        let mut config: toml::Table = toml::from_str(base).unwrap();
+        let example: toml::Table = toml::from_str(block).unwrap_or_else(|e| panic!("{block}: {e}"));
+        for (section, table) in example {
+            let into = config[&section].as_table_mut().unwrap();
+            into.extend(table.as_table().unwrap().clone());
+        }
+        certgate::config::Config::from_toml(
+            std::path::Path::new("/etc/certgate/certgate.toml"),
+            &toml::to_string(&config).unwrap(),
+            Vec::new(),
+        )
+        .unwrap_or_else(|e| panic!("{block}\n{e}"));
+    }
+}
