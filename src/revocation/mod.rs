@@ -134,3 +134,44 @@ impl Sources {
         self.staples.lock().expect("staples lock poisoned")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(valid_until_unix: i64) -> OcspAnswer {
+        OcspAnswer {
+            status: OcspStatus::Good,
+            responder: "http://ocsp".into(),
+            this_update_unix: 0,
+            valid_until_unix,
+            der: vec![1],
+        }
+    }
+
+    #[test]
+    fn a_staple_serves_until_its_next_update_then_is_dropped() {
+        let sources = Sources::default();
+        let (served, gone) = ([1; 32], [2; 32]);
+        sources.set_staple(served, answer(100));
+        sources.set_staple(gone, answer(500));
+        assert!(
+            sources.staple(&served, 99).is_some(),
+            "valid before nextUpdate"
+        );
+        assert!(
+            sources.staple(&served, 100).is_none(),
+            "never stapled once expired"
+        );
+        assert!(
+            !sources.drop_staples(&[served, gone], 50),
+            "nothing to drop yet"
+        );
+        assert!(
+            sources.drop_staples(&[served], 50),
+            "a certificate no longer served"
+        );
+        assert!(sources.drop_staples(&[served], 100), "an expired staple");
+        assert!(sources.staples().is_empty());
+    }
+}
