@@ -62,6 +62,9 @@ pub async fn serve(config: Config, ready: Option<tokio::sync::oneshot::Sender<So
     let config_path = config.path.clone();
     let metrics = Metrics::new();
     let sources = Arc::new(Sources::default());
+    // The HTTP client reads the system's root certificates once: here,
+    // before serving, rather than on a worker in the first OCSP check.
+    sources.http();
     match revocation::crl::start(&sources, &config.client_auth).await {
         Ok(outcomes) => {
             refresh::count(&metrics, &outcomes);

@@ -144,6 +144,19 @@ fn crls_report(state: &State, out: &mut String) {
             crl.source()
         );
     }
+    for url in &cfg.client_auth.crl_urls {
+        let url = url.to_string();
+        if !state
+            .crls
+            .iter()
+            .any(|c| c.url.as_deref() == Some(url.as_str()))
+        {
+            let _ = writeln!(
+                *out,
+                "  {url}: no cached copy (`check --online` fetches it; `run` fails to start without it)"
+            );
+        }
+    }
     if state.crls.is_empty() {
         let _ = writeln!(*out, "  none (revocation is not checked)");
     } else if cfg.client_auth.unknown_revocation == RevocationFallback::Allow

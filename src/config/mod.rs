@@ -313,9 +313,9 @@ impl Config {
         }
         files.extend(self.client_auth.trusted_cas.iter().cloned());
         files.extend(self.client_auth.trusted_cas_password_file.iter().cloned());
+        // Not `crl_cache_dir`: the gateway writes it, and watching it would
+        // turn every CRL fetch into a second reload.
         files.extend(self.client_auth.crls.iter().cloned());
-        // The cache directory is the gateway's own output, not an input:
-        // watching it would turn every CRL fetch into a reload.
         let u = &self.upstream;
         files.extend(
             [&u.ca, &u.client_cert, &u.client_key]
