@@ -248,6 +248,10 @@ async fn ocsp_soft_asks_the_responder_and_lets_unknown_and_unreachable_in() {
         status != 200
     }));
     assert_eq!(status, 403, "the open connection is refused");
+    assert!(
+        eventually(WAIT, || futures_lite_block(open.get("/v1/x")).is_err()),
+        "and closed after the refusal"
+    );
 
     responder.stop();
     let late = setup.ca.issue(&LeafSpec::client("late").with_ocsp(&url));

@@ -41,8 +41,6 @@ pub struct FetchedCrl {
     pub next_update_unix: Option<i64>,
     etag: Option<HeaderValue>,
     last_modified: Option<HeaderValue>,
-    /// Read from `crl_cache_dir` at start because the URL could not be fetched.
-    pub from_cache: bool,
 }
 
 /// Why a download did not replace the CRL held.
@@ -246,7 +244,6 @@ pub fn accept(
         next_update_unix: next_update,
         etag: download.etag,
         last_modified: download.last_modified,
-        from_cache,
     })
 }
 
