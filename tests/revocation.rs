@@ -92,7 +92,13 @@ async fn fetched_crls_are_revalidated_verified_and_reach_open_connections() {
     // Every bad download is an error and keeps the last good CRL (which
     // revokes the client): none of them lets it back in.
     let impostor = impostor_ca("certgate test client CA");
-    let bad: [(&str, Vec<u8>, Duration); 4] = [
+    let stranger = TestCa::root("a CA certgate does not trust");
+    let bad: [(&str, Vec<u8>, Duration); 5] = [
+        (
+            "issued by a CA not in trusted_cas",
+            der_crl(&stranger.crl(&[])),
+            Duration::ZERO,
+        ),
         (
             "signed by the wrong key",
             der_crl(&setup.ca.forged_crl(&impostor, &[])),
@@ -118,6 +124,10 @@ async fn fetched_crls_are_revalidated_verified_and_reach_open_connections() {
     }
     publisher.set_delay(Duration::ZERO);
     assert!(gw.wait_for_log(&["CRL fetch failed", "does not verify"], WAIT));
+    assert!(gw.wait_for_log(
+        &["CRL fetch failed", "not in client_auth.trusted_cas"],
+        WAIT
+    ));
     assert!(gw.wait_for_log(&["CRL fetch failed", "stale"], WAIT));
     assert!(gw.wait_for_log(&["CRL fetch failed", "larger than"], WAIT));
     assert!(gw.wait_for_log(&["CRL fetch failed", "no complete answer"], WAIT));

@@ -210,12 +210,19 @@ pub fn accept(
     // refuses would fail every state build.
     webpki::BorrowedCertRevocationList::from_der(&der)
         .map_err(|e| CrlFetchError::Unparsable(format!("webpki cannot use it: {e}")))?;
-    crate::tls::crl::verify_crls(&[(PathBuf::from(url), der.clone())], cas).map_err(
-        |problems| {
+    let coverage = crate::tls::crl::verify_crls(&[(PathBuf::from(url), der.clone())], cas)
+        .map_err(|problems| {
             let reasons: Vec<String> = problems.iter().map(|p| p.reason.clone()).collect();
             CrlFetchError::Untrusted(reasons.join("; "))
-        },
-    )?;
+        })?;
+    // A CRL file of an intermediate is left to the handshake; a download
+    // is not: whoever answers the URL could otherwise install a CRL that
+    // refuses every client of that intermediate as `bad_crl`.
+    if let Some(issuer) = coverage.intermediate_issuers.first() {
+        return Err(CrlFetchError::Untrusted(format!(
+            "its issuer {issuer} is not in client_auth.trusted_cas, so it cannot be verified before use"
+        )));
+    }
     let (_, parsed) = CertificateRevocationList::from_der(&der)
         .map_err(|e| CrlFetchError::Unparsable(e.to_string()))?;
     let this_update = parsed.last_update().timestamp();
