@@ -141,6 +141,8 @@ pub struct SniCert {
 pub struct ServerTlsConfig {
     pub default: CertSource,
     pub sni: Vec<SniCert>,
+    /// Staple OCSP responses for the served certificates (from their AIA).
+    pub ocsp_stapling: bool,
 }
 
 /// What to do with a chain whose revocation status a CRL cannot settle
@@ -150,6 +152,18 @@ pub struct ServerTlsConfig {
 pub enum RevocationFallback {
     Allow,
     Deny,
+}
+
+/// What an OCSP answer the gateway cannot get (responder unreachable, no
+/// responder, an answer that does not verify, `unknown`) means for a client
+/// (`client_auth.ocsp`). `revoked` refuses in every mode but `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OcspMode {
+    Off,
+    /// Lets the client in.
+    Soft,
+    /// Refuses the client.
+    Hard,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -168,6 +182,14 @@ pub struct ClientAuthConfig {
     pub unknown_revocation: RevocationFallback,
     pub crl_scope: CrlScope,
     pub expired_crl: RevocationFallback,
+    /// http(s) URLs of CRLs, fetched and refreshed by the gateway.
+    pub crl_urls: Vec<http::Uri>,
+    /// How often fetched CRLs are re-fetched; also how long an OCSP answer
+    /// without nextUpdate is kept.
+    pub crl_refresh: Duration,
+    /// Where fetched CRLs are kept across restarts; `None` keeps them in memory only.
+    pub crl_cache_dir: Option<PathBuf>,
+    pub ocsp: OcspMode,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -380,6 +402,8 @@ impl Config {
         }
         files.extend(self.client_auth.trusted_cas.iter().cloned());
         files.extend(self.client_auth.trusted_cas_password_file.iter().cloned());
+        // Not `crl_cache_dir`: the gateway writes it, and watching it would
+        // turn every CRL fetch into a second reload.
         files.extend(self.client_auth.crls.iter().cloned());
         files.extend(self.listener.session_ticket_keys.iter().cloned());
         for u in std::iter::once(&self.upstream).chain(&self.upstreams) {
@@ -746,10 +770,18 @@ impl Validator<'_> {
             });
         }
 
-        ServerTlsConfig { default, sni }
+        ServerTlsConfig {
+            default,
+            sni,
+            ocsp_stapling: t.ocsp_stapling,
+        }
     }
 
     fn client_auth(&mut self, c: raw::RawClientAuth) -> ClientAuthConfig {
+        let crl_refresh = self.duration("client_auth.crl_refresh", &c.crl_refresh);
+        if crl_refresh < Duration::from_secs(1) {
+            self.problem("client_auth.crl_refresh", "must be at least \"1s\"");
+        }
         if c.trusted_cas.is_empty() {
             self.problem(
                 "client_auth.trusted_cas",
@@ -781,6 +813,43 @@ impl Validator<'_> {
                 ],
             ),
             expired_crl: self.revocation_fallback("client_auth.expired_crl", &c.expired_crl),
+            crl_urls: c
+                .crl_urls
+                .iter()
+                .map(|u| self.fetch_url("client_auth.crl_urls", u))
+                .collect(),
+            crl_refresh,
+            crl_cache_dir: (!c.crl_cache_dir.trim().is_empty())
+                .then(|| self.dir.join(&c.crl_cache_dir)),
+            ocsp: self.choice(
+                "client_auth.ocsp",
+                &c.ocsp,
+                &[
+                    ("hard", OcspMode::Hard),
+                    ("soft", OcspMode::Soft),
+                    ("off", OcspMode::Off),
+                ],
+            ),
+        }
+    }
+
+    /// An `http://` or `https://` URL with a host, as a CRL distribution
+    /// point is published.
+    fn fetch_url(&mut self, at: &str, value: &str) -> http::Uri {
+        match value.parse::<http::Uri>() {
+            Ok(url)
+                if matches!(url.scheme_str(), Some("http") | Some("https"))
+                    && url.host().is_some_and(|h| !h.is_empty()) =>
+            {
+                url
+            }
+            _ => {
+                self.problem(
+                    at,
+                    format!("`{value}` is not an http:// or https:// URL with a host"),
+                );
+                http::Uri::from_static("http://127.0.0.1/")
+            }
         }
     }
 

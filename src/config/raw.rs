@@ -74,6 +74,8 @@ pub struct RawServerTls {
     pub pkcs12_password_file: Option<String>,
     #[serde(default)]
     pub sni: Vec<RawSniCert>,
+    #[serde(default)]
+    pub ocsp_stapling: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -100,6 +102,14 @@ pub struct RawClientAuth {
     pub crl_scope: String,
     #[serde(default = "d_allow")]
     pub expired_crl: String,
+    #[serde(default)]
+    pub crl_urls: Vec<String>,
+    #[serde(default = "d_crl_refresh")]
+    pub crl_refresh: String,
+    #[serde(default)]
+    pub crl_cache_dir: String,
+    #[serde(default = "d_ocsp")]
+    pub ocsp: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -373,6 +383,12 @@ fn d_deny() -> String {
 }
 fn d_crl_scope() -> String {
     s("chain")
+}
+fn d_crl_refresh() -> String {
+    s("1h")
+}
+fn d_ocsp() -> String {
+    s("off")
 }
 fn d_connect_timeout() -> String {
     s("2s")

@@ -172,7 +172,8 @@ impl Activity {
             // The connection's one exchange starts over with each request.
             progress.restart();
         }
-        let req = req.map(|inner| RequestBody::new(inner, progress));
+        let req =
+            req.map(|inner| RequestBody::new(inner, progress, super::headers::strip_trailers));
         (self.begin_request(), req)
     }
 

@@ -282,6 +282,16 @@ pub fn prepare_request_headers(headers: &mut HeaderMap, f: &Forwarding<'_>) {
     headers.insert(&X_REQUEST_ID, f.request_id.clone());
 }
 
+/// Rewrites a client's request trailers for the upstream: the names a
+/// client may never set (identity and forwarding headers, in every
+/// spelling), any name with `_`, and hop-by-hop names are removed, since
+/// some upstream stacks merge trailers into the request's headers.
+pub fn strip_trailers(trailers: &mut HeaderMap) {
+    remove_where(trailers, |n| {
+        is_spoofable(n) || has_underscore(n) || is_hop_by_hop(n)
+    });
+}
+
 /// Size of the request head as `max_header_bytes` counts it: each field as
 /// `name: value\r\n`.
 pub fn head_size(headers: &HeaderMap) -> usize {

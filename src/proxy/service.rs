@@ -129,6 +129,7 @@ async fn process<'s>(
     }
 
     let grant = client.authenticate(state, &gw.metrics)?;
+    client.check_ocsp(state, &gw.metrics).await?;
     outcome.roles = Some(grant.roles_header.clone());
 
     // A WebSocket is authorized as the `GET` that opens it on HTTP/1.1,
