@@ -24,6 +24,7 @@ mod client;
 mod daemon;
 mod files;
 mod pki;
+mod python;
 mod refusals;
 mod tools;
 mod upstream;
@@ -31,4 +32,6 @@ mod upstream;
 // A test binary that uses nothing of a submodule would otherwise be told
 // that its re-export is unused.
 #[allow(unused_imports)]
-pub use self::{client::*, daemon::*, files::*, pki::*, refusals::*, tools::*, upstream::*};
+pub use self::{
+    client::*, daemon::*, files::*, pki::*, python::*, refusals::*, tools::*, upstream::*,
+};
