@@ -317,7 +317,10 @@ async fn http2_extended_connect_reaches_an_http1_websocket_upstream() {
     assert!(h1.expect_line(RUN, "the report").get("report").is_some());
     wait_tunnels(&gw, 2.0, "an HTTP/2 and an HTTP/1.1 tunnel");
 
+    // A closing client reads on until the server's close frame, then goes.
     socket.close(None).await.unwrap();
+    assert!(ends_within(&mut socket, WAIT).await, "no close handshake");
+    drop(socket);
     wait_tunnels(&gw, 1.0, "after the HTTP/2 tunnel closed");
     drop(h1);
     wait_tunnels(&gw, 0.0, "after the HTTP/1.1 client went away");
