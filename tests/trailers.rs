@@ -243,3 +243,32 @@ async fn http1_client_without_te_trailers_gets_the_body_and_no_trailers() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn te_reaches_the_upstream_as_trailers_only() {
+    for protocol in ["http1", "http2"] {
+        let mut setup = Setup::new(echo_upstream().await);
+        setup.extra = "[authorization]\ndefault = \"authenticated\"\n".into();
+        setup
+            .env
+            .push(("CERTGATE_UPSTREAM__PROTOCOL".into(), protocol.into()));
+        let gw = setup.start();
+        let client = setup.client(&setup.ca.issue(&LeafSpec::client("alice")));
+        // (what the client sends, what the upstream gets)
+        for (sent, forwarded) in [
+            ("trailers", Some("trailers")),
+            ("gzip, trailers", Some("trailers")),
+            ("gzip", None),
+        ] {
+            let head = format!("GET /v1/x HTTP/1.1\r\nte: {sent}\r\n");
+            let reply = raw_http1(&client, gw.addr, &head).await;
+            assert_eq!(reply.status, 200, "{protocol}, te: {sent}: {reply:?}");
+            let seen = reply.json();
+            let te = seen["headers"]["te"].as_array().map(|v| {
+                assert_eq!(v.len(), 1, "{protocol}, te: {sent}: {seen}");
+                v[0].as_str().unwrap().to_owned()
+            });
+            assert_eq!(te.as_deref(), forwarded, "{protocol}, te: {sent}: {seen}");
+        }
+    }
+}

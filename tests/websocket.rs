@@ -136,14 +136,18 @@ async fn h2_websocket(
         .await
         .expect("HTTP/2 handshake");
     tokio::spawn(conn);
-    // One exchange first: once it is answered, the server's SETTINGS (with
-    // SETTINGS_ENABLE_CONNECT_PROTOCOL) have arrived, and h2 refuses to send
-    // `:protocol` to a server that did not offer it.
+    // One exchange first: once it is answered, the server's SETTINGS have
+    // arrived, and RFC 8441 lets a client send `:protocol` only to a server
+    // whose SETTINGS_ENABLE_CONNECT_PROTOCOL said so.
     let whoami = Request::get("https://localhost/.certgate/whoami")
         .body(Empty::new())
         .unwrap();
     let reply = sender.send_request(whoami).await.expect("whoami");
     assert_eq!(reply.status(), 200);
+    assert!(
+        sender.is_extended_connect_protocol_enabled(),
+        "the gateway did not offer SETTINGS_ENABLE_CONNECT_PROTOCOL"
+    );
     let mut connect = Request::builder()
         .method(Method::CONNECT)
         .uri(format!("https://localhost{path}"))
@@ -158,7 +162,7 @@ async fn h2_websocket(
     let response = sender
         .send_request(connect)
         .await
-        .expect("extended CONNECT sent (the server offered SETTINGS_ENABLE_CONNECT_PROTOCOL)");
+        .expect("extended CONNECT answered");
     let status = response.status();
     if status != StatusCode::OK {
         let body = response.into_body().collect().await.map(|b| b.to_bytes());
