@@ -46,7 +46,12 @@ pub fn summary(state: &State) -> String {
         "listener: {} (TLS >= {tls}), admin: {admin}",
         cfg.listener.address
     );
-    let _ = writeln!(out, "upstream: {}", cfg.upstream.url);
+    let _ = writeln!(
+        out,
+        "upstream: {} ({})",
+        cfg.upstream.url,
+        cfg.upstream.protocol.describe(cfg.upstream.is_https())
+    );
     certificates_report(state, &mut out);
     crls_report(state, &mut out);
     let _ = writeln!(

@@ -126,6 +126,11 @@ impl Metrics {
 pub struct ConnectionMetrics {
     pub active: IntGauge,
     pub total: IntCounter,
+    /// Upgraded connections (WebSocket) open now, over HTTP/1.1 or HTTP/2.
+    pub tunnels_active: IntGauge,
+    /// Open connections and tunnels ended because a reload's state refused
+    /// their certificate.
+    pub refused_by_reload: IntCounter,
 }
 
 impl ConnectionMetrics {
@@ -140,6 +145,16 @@ impl ConnectionMetrics {
                 r,
                 "certgate_connections_total",
                 "Client TCP connections accepted on the mTLS listener.",
+            ),
+            tunnels_active: gauge(
+                r,
+                "certgate_tunnels_active",
+                "Upgraded connections (WebSocket, over HTTP/1.1 or HTTP/2) open now.",
+            ),
+            refused_by_reload: counter(
+                r,
+                "certgate_reload_refused_connections_total",
+                "Open client connections and tunnels closed because a reload refused their certificate.",
             ),
         }
     }
@@ -465,6 +480,8 @@ mod tests {
             ("certgate_build_info", GAUGE, &["version"]),
             ("certgate_connections_active", GAUGE, &[]),
             ("certgate_connections_total", COUNTER, &[]),
+            ("certgate_tunnels_active", GAUGE, &[]),
+            ("certgate_reload_refused_connections_total", COUNTER, &[]),
             ("certgate_tls_handshakes_total", COUNTER, &["result"]),
             ("certgate_tls_handshake_duration_seconds", HISTOGRAM, &[]),
             ("certgate_requests_total", COUNTER, &["code"]),

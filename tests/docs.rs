@@ -37,6 +37,7 @@ const CONTRACT_KEYS: &[&str] = &[
     "upstream.url",
     "upstream.connect_timeout",
     "upstream.timeout",
+    "upstream.protocol",
     "identity.forward_cert",
     "identity.xfcc",
     "roles.default",

@@ -140,9 +140,36 @@ pub struct UpstreamConfig {
     pub url: http::Uri,
     pub connect_timeout: Duration,
     pub timeout: Duration,
+    pub protocol: UpstreamProtocol,
     pub ca: Option<PathBuf>,
     pub client_cert: Option<PathBuf>,
     pub client_key: Option<PathBuf>,
+}
+
+/// How certgate speaks to the upstream (`upstream.protocol`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1 only.
+    Http1,
+    /// HTTP/2 only: h2c with prior knowledge on `http://`, h2 by ALPN on `https://`.
+    Http2,
+    /// ALPN on `https://` (h2 preferred); HTTP/1.1 on `http://`, where
+    /// nothing negotiates.
+    Auto,
+}
+
+impl UpstreamProtocol {
+    /// What the setting means for an `http://` or `https://` url, as
+    /// `certgate check` says it.
+    pub fn describe(self, https: bool) -> &'static str {
+        match (self, https) {
+            (UpstreamProtocol::Http1, _) => "HTTP/1.1",
+            (UpstreamProtocol::Http2, false) => "HTTP/2 with prior knowledge (h2c)",
+            (UpstreamProtocol::Http2, true) => "HTTP/2 (ALPN h2)",
+            (UpstreamProtocol::Auto, false) => "HTTP/1.1 (auto: nothing negotiates on http://)",
+            (UpstreamProtocol::Auto, true) => "HTTP/2 or HTTP/1.1 by ALPN, h2 preferred",
+        }
+    }
 }
 
 impl UpstreamConfig {
@@ -667,6 +694,15 @@ impl Validator<'_> {
         let upstream = UpstreamConfig {
             connect_timeout: self.duration("upstream.connect_timeout", &u.connect_timeout),
             timeout: self.duration("upstream.timeout", &u.timeout),
+            protocol: self.choice(
+                "upstream.protocol",
+                &u.protocol,
+                &[
+                    ("http1", UpstreamProtocol::Http1),
+                    ("http2", UpstreamProtocol::Http2),
+                    ("auto", UpstreamProtocol::Auto),
+                ],
+            ),
             ca: u.ca.map(|p| self.path("upstream.ca", &p)),
             client_cert: u.client_cert.map(|p| self.path("upstream.client_cert", &p)),
             client_key: u.client_key.map(|p| self.path("upstream.client_key", &p)),

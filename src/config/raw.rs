@@ -100,6 +100,8 @@ pub struct RawUpstream {
     pub connect_timeout: String,
     #[serde(default = "d_upstream_timeout")]
     pub timeout: String,
+    #[serde(default = "d_upstream_protocol")]
+    pub protocol: String,
     pub ca: Option<String>,
     pub client_cert: Option<String>,
     pub client_key: Option<String>,
@@ -353,6 +355,9 @@ fn d_connect_timeout() -> String {
 }
 fn d_upstream_timeout() -> String {
     s("30s")
+}
+fn d_upstream_protocol() -> String {
+    s("http1")
 }
 fn d_admin_address() -> String {
     s("127.0.0.1:9464")

@@ -262,6 +262,32 @@ fn upstream_url_must_be_bare_http_or_https() {
 }
 
 #[test]
+fn upstream_protocol_is_one_of_three_and_http1_by_default() {
+    assert_eq!(
+        parse(MINIMAL).unwrap().upstream.protocol,
+        UpstreamProtocol::Http1
+    );
+    for (word, protocol) in [
+        ("http1", UpstreamProtocol::Http1),
+        ("http2", UpstreamProtocol::Http2),
+        ("auto", UpstreamProtocol::Auto),
+    ] {
+        let text = MINIMAL.replace(
+            "url = \"http://127.0.0.1:8080\"",
+            &format!("url = \"http://127.0.0.1:8080\"\nprotocol = \"{word}\""),
+        );
+        assert_eq!(parse(&text).unwrap().upstream.protocol, protocol, "{word}");
+    }
+    let h2c = MINIMAL.replace(
+        "url = \"http://127.0.0.1:8080\"",
+        "url = \"http://127.0.0.1:8080\"\nprotocol = \"h2c\"",
+    );
+    let problems = problems(&h2c);
+    assert!(problems[0].contains("upstream.protocol"), "{problems:?}");
+    assert!(problems[0].contains("\"http2\""), "{problems:?}");
+}
+
+#[test]
 fn role_and_route_rules_are_validated() {
     let no_matcher = format!("{MINIMAL}\n[[roles.map]]\nroles = [\"R\"]\n");
     assert!(problems(&no_matcher)[0].contains("at least one matcher"));

@@ -5,11 +5,13 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::HeaderValue;
 
 use super::verified::{Grant, VerifiedClient};
 use super::GatewayError;
+use crate::gateway::Gateway;
 use crate::metrics::Metrics;
 use crate::state::State;
 
@@ -70,6 +72,39 @@ impl ClientConnection {
             self.note_grants(&grant.roles.names, state, metrics);
         }
         Ok(grant)
+    }
+
+    /// Completes when a newly installed state refuses the certificate, or
+    /// when it expires: what is already open for it (a long HTTP/2 stream,
+    /// a tunnel, an exchange in flight) must end too, not only its next
+    /// request. The reason is the refusal's label.
+    pub async fn refused_later(&self, gw: &Gateway) -> &'static str {
+        let mut installs = gw.state_installs();
+        let not_after = self.verified.identity.not_after_unix;
+        loop {
+            // At most a day at a time: certificates can outlive the timer.
+            let left = (not_after - crate::clock::unix_now()).clamp(0, 86_400);
+            let expiry = tokio::time::sleep(Duration::from_secs(left.unsigned_abs() + 1));
+            tokio::select! {
+                changed = installs.changed() => {
+                    if changed.is_err() {
+                        // The gateway is gone; only the clock is left.
+                        std::future::pending::<()>().await;
+                    }
+                }
+                () = expiry => {
+                    if crate::clock::unix_now() > not_after {
+                        return "certificate expired";
+                    }
+                    continue;
+                }
+            }
+            match self.authenticate(&gw.state(), &gw.metrics) {
+                Ok(_) => {}
+                Err(GatewayError::CertificateRejected(reason)) => return reason,
+                Err(_) => return "certificate rejected",
+            }
+        }
     }
 
     /// Counts each granted role and logs grants of audited roles.

@@ -14,6 +14,8 @@ pub mod headers;
 mod listener;
 mod service;
 mod streams;
+mod tunnel;
+mod upgrade;
 mod verified;
 
 pub use client::ClientConnection;
