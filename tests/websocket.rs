@@ -135,19 +135,24 @@ async fn h2_websocket(
         .handshake::<_, Empty<Bytes>>(TokioIo::new(tls))
         .await
         .expect("HTTP/2 handshake");
-    tokio::spawn(conn);
-    // One exchange first: once it is answered, the server's SETTINGS have
-    // arrived, and RFC 8441 lets a client send `:protocol` only to a server
-    // whose SETTINGS_ENABLE_CONNECT_PROTOCOL said so.
+    // One exchange first, with the connection driven here: once it is
+    // answered, the server's SETTINGS have arrived, and RFC 8441 lets a
+    // client send `:protocol` only to a server whose
+    // SETTINGS_ENABLE_CONNECT_PROTOCOL said so.
+    let mut conn = Box::pin(conn);
     let whoami = Request::get("https://localhost/.certgate/whoami")
         .body(Empty::new())
         .unwrap();
-    let reply = sender.send_request(whoami).await.expect("whoami");
+    let reply = tokio::select! {
+        reply = sender.send_request(whoami) => reply.expect("whoami"),
+        end = &mut conn => panic!("the connection ended first: {end:?}"),
+    };
     assert_eq!(reply.status(), 200);
     assert!(
-        sender.is_extended_connect_protocol_enabled(),
+        conn.is_extended_connect_protocol_enabled(),
         "the gateway did not offer SETTINGS_ENABLE_CONNECT_PROTOCOL"
     );
+    tokio::spawn(conn);
     let mut connect = Request::builder()
         .method(Method::CONNECT)
         .uri(format!("https://localhost{path}"))
