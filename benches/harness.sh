@@ -652,7 +652,7 @@ names = {
     "h1_keepalive": "HTTP/1.1 keep-alive",
     "h2": "HTTP/2",
     "grpc_1conn": "gRPC unary, 1 HTTP/2 connection x 8 streams",
-    "grpc": "gRPC unary, CONNS/4 HTTP/2 connections x 4 streams",
+    "grpc": "gRPC unary, {C} HTTP/2 connections x 4 streams",
 }
 for sc, label in names.items():
     cg1, ng, cgn = by.get((sc, "cg1")), by.get((sc, "nginx")), by.get((sc, "cgN"))
@@ -924,8 +924,8 @@ compare() {
         done
     fi
 
-    report "$machine" | sed "s/{N}/$n/g"
-    sed -i "s/{N}/$n/g" "$OUT/results.md"
+    report "$machine" | sed "s/{N}/$n/g; s/{C}/$((CONNS / 4))/g"
+    sed -i "s/{N}/$n/g; s/{C}/$((CONNS / 4))/g" "$OUT/results.md"
 }
 
 main() {

@@ -536,6 +536,11 @@ async fn crl_reload_ends_the_revoked_clients_open_bidi_call_only() {
         "no log line names the revoked certificate:\n{}",
         gw.logs()
     );
+    let refused = gw.metric("certgate_reload_refused_connections_total");
+    assert!(
+        refused >= 1.0,
+        "reload_refused_connections_total: {refused}"
+    );
 
     // The other client's call goes on answering after that, to its end.
     let mut echoes_after = 0;

@@ -25,6 +25,7 @@ const WAIT: Duration = Duration::from_secs(5);
 /// Bound for one client run.
 const RUN: Duration = Duration::from_secs(30);
 const TUNNELS: &str = "certgate_tunnels_active";
+const REFUSED_OPEN: &str = "certgate_reload_refused_connections_total";
 
 /// A gateway in front of the WebSocket echo server, with `ROLE_WS`
 /// (certificates `ws-*`) required under `/ws`.
@@ -299,6 +300,14 @@ async fn http2_extended_connect_reaches_an_http1_websocket_upstream() {
     assert_eq!(status, 200, "logs:\n{}", gw.logs());
     let mut socket = socket.unwrap();
     wait_tunnels(&gw, 1.0, "one open HTTP/2 tunnel");
+    // The upgrade is counted as the 200 the client got (the whoami before
+    // it is the other one), never as a 101 it did not see.
+    assert!(
+        eventually(WAIT, || requests(&gw, 200) == 2.0),
+        "requests_total{{code=\"200\"}}: {}",
+        requests(&gw, 200)
+    );
+    assert_eq!(requests(&gw, 101), 0.0);
 
     let Message::Text(report) = next_message(&mut socket).await else {
         panic!("the report is a text message")
@@ -439,6 +448,12 @@ async fn crl_reload_closes_the_revoked_clients_tunnels_only() {
         gw.wait_for_log(&["\"reason\":\"revoked\"", &revoked.fingerprint()], WAIT),
         "no log line names the revoked certificate:\n{}",
         gw.logs()
+    );
+    // Its HTTP/1.1 tunnel and its HTTP/2 connection.
+    assert!(
+        gw.metric(REFUSED_OPEN) >= 2.0,
+        "{REFUSED_OPEN}: {}",
+        gw.metric(REFUSED_OPEN)
     );
 
     let before = bystander.seen().len();
