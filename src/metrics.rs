@@ -131,6 +131,39 @@ pub struct ConnectionMetrics {
     /// Open connections and tunnels ended because a reload's state refused
     /// their certificate.
     pub refused_by_reload: IntCounter,
+    proxy_protocol: IntCounterVec,
+}
+
+/// What became of a connection's PROXY protocol header, as the `result`
+/// label of `certgate_proxy_protocol_total` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyHeaderResult {
+    /// A valid header from a trusted peer: its address is the client's.
+    Ok,
+    /// The peer is not in `listener.proxy_protocol_from`.
+    Untrusted,
+    /// A trusted peer sent no header (TLS at once, or nothing in time).
+    Missing,
+    /// A malformed or unfinished header, or the version the listener does not take.
+    Invalid,
+}
+
+impl ProxyHeaderResult {
+    pub const ALL: [ProxyHeaderResult; 4] = [
+        ProxyHeaderResult::Ok,
+        ProxyHeaderResult::Untrusted,
+        ProxyHeaderResult::Missing,
+        ProxyHeaderResult::Invalid,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            ProxyHeaderResult::Ok => "ok",
+            ProxyHeaderResult::Untrusted => "untrusted",
+            ProxyHeaderResult::Missing => "missing",
+            ProxyHeaderResult::Invalid => "invalid",
+        }
+    }
 }
 
 impl ConnectionMetrics {
@@ -156,7 +189,25 @@ impl ConnectionMetrics {
                 "certgate_reload_refused_connections_total",
                 "Open client connections and tunnels closed because a reload refused their certificate.",
             ),
+            proxy_protocol: {
+                let results = counter_vec(
+                    r,
+                    "certgate_proxy_protocol_total",
+                    "PROXY protocol headers read before TLS, by result (listener.proxy_protocol).",
+                    &["result"],
+                );
+                for result in ProxyHeaderResult::ALL {
+                    results.with_label_values(&[result.label()]);
+                }
+                results
+            },
         }
+    }
+
+    pub fn proxy_header(&self, result: ProxyHeaderResult) {
+        self.proxy_protocol
+            .with_label_values(&[result.label()])
+            .inc();
     }
 }
 
@@ -482,6 +533,7 @@ mod tests {
             ("certgate_connections_total", COUNTER, &[]),
             ("certgate_tunnels_active", GAUGE, &[]),
             ("certgate_reload_refused_connections_total", COUNTER, &[]),
+            ("certgate_proxy_protocol_total", COUNTER, &["result"]),
             ("certgate_tls_handshakes_total", COUNTER, &["result"]),
             ("certgate_tls_handshake_duration_seconds", HISTOGRAM, &[]),
             ("certgate_requests_total", COUNTER, &["code"]),
@@ -528,6 +580,10 @@ mod tests {
         }
         for kind in ["connect", "timeout", "protocol"] {
             let sample = format!("certgate_upstream_errors_total{{kind=\"{kind}\"}} 0");
+            assert!(text.contains(&sample), "missing {sample}");
+        }
+        for result in ["ok", "untrusted", "missing", "invalid"] {
+            let sample = format!("certgate_proxy_protocol_total{{result=\"{result}\"}} 0");
             assert!(text.contains(&sample), "missing {sample}");
         }
     }

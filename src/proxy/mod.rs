@@ -1,4 +1,5 @@
-//! The mTLS data path: accept loop and TLS handshake (`listener`), HTTP
+//! The mTLS data path: accept loop and TLS handshake (`listener`), the
+//! PROXY protocol header a balancer sends before it (`proxy_header`), HTTP
 //! serving under the connection's timers (`connection`, `activity`), the
 //! client connection (`client`) and the verified client it shares with the
 //! client's other connections (`verified`), the per-request pipeline
@@ -12,6 +13,7 @@ mod error;
 mod head;
 pub mod headers;
 mod listener;
+mod proxy_header;
 mod service;
 mod streams;
 mod tunnel;
