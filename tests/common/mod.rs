@@ -25,6 +25,7 @@ mod daemon;
 mod files;
 mod pki;
 mod publisher;
+mod python;
 mod refusals;
 mod tools;
 mod upstream;
@@ -33,5 +34,6 @@ mod upstream;
 // that its re-export is unused.
 #[allow(unused_imports)]
 pub use self::{
-    client::*, daemon::*, files::*, pki::*, publisher::*, refusals::*, tools::*, upstream::*,
+    client::*, daemon::*, files::*, pki::*, publisher::*, python::*, refusals::*, tools::*,
+    upstream::*,
 };
