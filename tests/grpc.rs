@@ -296,7 +296,7 @@ async fn unreachable_upstream_is_unavailable() {
         gw.metrics()
     );
     assert_eq!(
-        gw.metric("certgate_upstream_errors_total{kind=\"connect\"}"),
+        gw.metric("certgate_upstream_errors_total{kind=\"connect\",upstream=\"default\"}"),
         1.0
     );
 }

@@ -108,7 +108,7 @@ struct Exchange {
     trailers: Option<HeaderMap>,
 }
 
-/// One POST with a body and request trailers (`x-client-sum`, and a forged
+/// One POST with a body and request trailers (`x-checksum`, and a forged
 /// `x-client-roles`), both declared in `Trailer`; with `te: trailers` when
 /// `te` is set.
 async fn exchange(setup: &Setup, gw: &Gateway, leaf: &Leaf, proto: Proto, te: bool) -> Exchange {
@@ -118,7 +118,7 @@ async fn exchange(setup: &Setup, gw: &Gateway, leaf: &Leaf, proto: Proto, te: bo
         Proto::Http1 => "/v1/upload",
         Proto::Http2 => "https://localhost/v1/upload",
     })
-    .header("trailer", "x-client-sum, x-client-roles");
+    .header("trailer", "x-checksum, x-client-roles");
     if proto == Proto::Http1 {
         request = request.header("host", "localhost");
     }
@@ -128,7 +128,7 @@ async fn exchange(setup: &Setup, gw: &Gateway, leaf: &Leaf, proto: Proto, te: bo
     let request = request
         .body(with_trailers(
             Bytes::from_static(b"payload"),
-            &[("x-client-sum", "42"), ("x-client-roles", "ROLE_ADMIN")],
+            &[("x-checksum", "42"), ("x-client-roles", "ROLE_ADMIN")],
         ))
         .unwrap();
     let response = match proto {
@@ -198,7 +198,7 @@ async fn trailers_pass_both_ways_for_every_client_and_upstream_protocol() {
             // does not (neither as a trailer nor as a header).
             let trailers = &report["trailers"];
             assert_eq!(
-                trailers["x-client-sum"],
+                trailers["x-checksum"],
                 serde_json::json!(["42"]),
                 "{case}: {report}"
             );
@@ -236,7 +236,7 @@ async fn http1_client_without_te_trailers_gets_the_body_and_no_trailers() {
         );
         // Request trailers still pass: the client declared them.
         assert_eq!(
-            got.report["trailers"]["x-client-sum"],
+            got.report["trailers"]["x-checksum"],
             serde_json::json!(["42"]),
             "{protocol}: {}",
             got.report
