@@ -68,6 +68,9 @@ enum Command {
         /// Config file [default: $CERTGATE_CONFIG, then /etc/certgate/certgate.toml]
         #[arg(short, long)]
         config: Option<PathBuf>,
+        /// Fetch the CRLs of client_auth.crl_urls now (else their cached copies are shown).
+        #[arg(long)]
+        online: bool,
     },
     /// Verify a client certificate as the gateway would and explain the decision.
     ///
@@ -147,7 +150,9 @@ pub fn main() -> ExitCode {
     };
     match cli.command {
         Command::Run { config } => daemon::run(&config::resolve_path(config.as_deref())),
-        Command::Check { config } => check(&config::resolve_path(config.as_deref())),
+        Command::Check { config, online } => {
+            check(&config::resolve_path(config.as_deref()), online)
+        }
         Command::Explain {
             config,
             cert,
@@ -244,10 +249,15 @@ fn write_completions(dir: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-fn check(path: &Path) -> ExitCode {
-    match inspect::load(path) {
-        Ok(state) => {
-            print!("{}", inspect::summary(&state));
+fn check(path: &Path, online: bool) -> ExitCode {
+    let loaded = if online {
+        inspect::load_online(path)
+    } else {
+        inspect::load(path).map(|state| (state, String::new()))
+    };
+    match loaded {
+        Ok((state, fetches)) => {
+            print!("{fetches}{}", inspect::summary(&state));
             ExitCode::SUCCESS
         }
         Err(e) => {

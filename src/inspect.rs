@@ -13,6 +13,7 @@ use crate::config::{RevocationFallback, TlsVersion};
 use crate::identity::Identity;
 use crate::policy::{normalize_path, AuthzDefault, Decision, Roles, Route};
 use crate::proxy::{self, Verdict};
+use crate::revocation::{crl, ocsp, Sources};
 use crate::state::{LoadFailure, State};
 use crate::tls::{load, verify::classify_rustls, CertKind};
 
@@ -26,6 +27,43 @@ const EXPIRY_WARNING_DAYS: i64 = 30;
 pub fn load(path: &Path) -> Result<State, LoadFailure> {
     crate::tls::install_provider();
     State::load(path, 1)
+}
+
+/// As [`load`], with the CRLs of `client_auth.crl_urls` fetched now (as
+/// `run` does at start: a URL that fails falls back to its cached copy);
+/// also returns a line per URL saying how its fetch went.
+///
+/// # Errors
+/// Every problem with the config keys or the files; a URL with neither a
+/// fetched nor a cached CRL is reported as a problem of the config file.
+pub fn load_online(path: &Path) -> Result<(State, String), LoadFailure> {
+    crate::tls::install_provider();
+    let config = std::sync::Arc::new(crate::config::Config::load(path)?);
+    let sources = std::sync::Arc::new(Sources::default());
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| files_problem(&config.path, e.to_string()))?;
+    let outcomes = runtime
+        .block_on(crl::start(&sources, &config.client_auth))
+        .map_err(|e| files_problem(&config.path, e.to_string()))?;
+    let mut report = String::new();
+    for outcome in outcomes {
+        let result = match &outcome.result {
+            Ok(r) => r.label().to_owned(),
+            Err(e) => format!("error ({e}); using the cached copy"),
+        };
+        let _ = writeln!(report, "crl fetch {}: {result}", outcome.url);
+    }
+    drop(runtime);
+    Ok((State::build_with(config, 1, sources, None)?, report))
+}
+
+fn files_problem(config: &Path, reason: String) -> LoadFailure {
+    LoadFailure::Files {
+        config: config.to_path_buf(),
+        problems: vec![load::LoadError::new(config, reason)],
+    }
 }
 
 /// The summary `check` prints for a valid configuration.
@@ -46,7 +84,7 @@ pub fn summary(state: &State) -> String {
         "listener: {} (TLS >= {tls}), admin: {admin}",
         cfg.listener.address
     );
-    let _ = writeln!(out, "upstream: {}", cfg.upstream.url);
+    upstreams_report(cfg, &mut out);
     certificates_report(state, &mut out);
     crls_report(state, &mut out);
     let _ = writeln!(
@@ -67,6 +105,32 @@ pub fn summary(state: &State) -> String {
         let _ = writeln!(out, "  rule[{i}]: {}", describe_route(r));
     }
     out
+}
+
+/// Each upstream with its protocol and endpoints, then the routes.
+fn upstreams_report(cfg: &crate::config::Config, out: &mut String) {
+    for u in std::iter::once(&cfg.upstream).chain(&cfg.upstreams) {
+        let health = match &u.health_check_path {
+            Some(path) => format!("health check GET {path} every {:?}", u.health_interval),
+            None => "passive health".to_owned(),
+        };
+        let _ = writeln!(
+            *out,
+            "upstream {}: {} ({}), endpoints {}, {health}",
+            u.name,
+            u.url,
+            u.protocol.describe(u.is_https()),
+            u.addresses().join(", ")
+        );
+    }
+    for (i, r) in cfg.routes.iter().enumerate() {
+        let host = r
+            .host
+            .as_deref()
+            .map(|h| format!(" host {h}"))
+            .unwrap_or_default();
+        let _ = writeln!(*out, "  route[{i}]: {}{host} -> {}", r.path, r.upstream);
+    }
 }
 
 fn certificates_report(state: &State, out: &mut String) {
@@ -98,12 +162,26 @@ fn crls_report(state: &State, out: &mut String) {
     for crl in &state.crls {
         let _ = writeln!(
             *out,
-            "  {}: {} revoked, next_update={}  ({})",
+            "  {}: {} revoked, this_update={} next_update={}  ({})",
             crl.issuer,
             crl.revoked,
+            crl.this_update,
             crl.next_update.as_deref().unwrap_or("none"),
-            crl.file.display()
+            crl.source()
         );
+    }
+    for url in &cfg.client_auth.crl_urls {
+        let url = url.to_string();
+        if !state
+            .crls
+            .iter()
+            .any(|c| c.url.as_deref() == Some(url.as_str()))
+        {
+            let _ = writeln!(
+                *out,
+                "  {url}: no cached copy (`check --online` fetches it; `run` fails to start without it)"
+            );
+        }
     }
     if state.crls.is_empty() {
         let _ = writeln!(*out, "  none (revocation is not checked)");
@@ -203,6 +281,7 @@ pub fn explain(
             "chain:       REFUSED ({}): {e}",
             classify_rustls(&e).label()
         );
+        revocation_report(state, &identity, &chain[0], &mut out);
         let _ = writeln!(out, "decision:    DENY (the handshake would fail)");
         return Ok(Explanation {
             report: out,
@@ -219,6 +298,7 @@ pub fn explain(
             .count(),
         state.crls.len()
     );
+    revocation_report(state, &identity, &chain[0], &mut out);
 
     let roles = roles_report(state, &identity, &mut out);
 
@@ -227,6 +307,11 @@ pub fn explain(
     let (allowed, line) = match normalize_path(path, state.config.listener.path_parameters) {
         Ok(normalized) => {
             let _ = writeln!(out, "request:     {method} {}", normalized.path);
+            let upstream = match state.upstreams.for_request(&normalized.path, None) {
+                (u, Some(route)) => format!("{} (route {})", u.name(), route.path),
+                (u, None) => format!("{} (no route covers the path)", u.name()),
+            };
+            let _ = writeln!(out, "upstream:    {upstream}");
             decide(state, &normalized.path, &method, &roles)
         }
         Err(e) => {
@@ -239,6 +324,37 @@ pub fn explain(
         report: out,
         allowed,
     })
+}
+
+/// Where the revocation answer for the leaf comes from: each CRL of its
+/// issuer (file or URL, with its thisUpdate), or none; and, with
+/// `client_auth.ocsp`, the responder the gateway would ask.
+fn revocation_report(state: &State, identity: &Identity, leaf: &[u8], out: &mut String) {
+    let mut any = false;
+    for crl in state.crls.iter().filter(|c| c.issuer == identity.issuer) {
+        any = true;
+        let _ = writeln!(
+            *out,
+            "revocation:  CRL {} (this_update={}, {} revoked)",
+            crl.source(),
+            crl.this_update,
+            crl.revoked
+        );
+    }
+    if !any {
+        let _ = writeln!(*out, "revocation:  no CRL of the issuer is loaded");
+    }
+    if state.config.client_auth.ocsp != crate::config::OcspMode::Off {
+        let responder = ocsp::responder_url(leaf);
+        let _ = writeln!(
+            *out,
+            "ocsp:        {} (asked before the first request; explain does not ask)",
+            responder.as_deref().map_or_else(
+                || "the certificate names no responder".to_owned(),
+                |r| format!("responder {r}")
+            )
+        );
+    }
 }
 
 /// The roles `identity` holds under `state`, with the rules that granted

@@ -16,6 +16,8 @@ mod listener;
 mod proxy_header;
 mod service;
 mod streams;
+mod tunnel;
+mod upgrade;
 mod verified;
 
 pub use client::ClientConnection;
