@@ -1,7 +1,8 @@
 //! The mTLS data path: accept loop and TLS handshake (`listener`), HTTP
 //! serving under the connection's timers (`connection`, `activity`), the
 //! client connection (`client`) and the verified client it shares with the
-//! client's other connections (`verified`), the per-request pipeline
+//! client's other connections (`verified`), a refused handshake's log line
+//! and graceful close (`refusal`), the per-request pipeline
 //! (`service`), HTTP/2 streams under their stall clocks (`streams`), header
 //! rewriting (`headers`) and gateway-made error responses (`error`).
 
@@ -12,6 +13,7 @@ mod error;
 mod head;
 pub mod headers;
 mod listener;
+mod refusal;
 mod service;
 mod streams;
 mod verified;
