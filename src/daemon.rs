@@ -180,7 +180,7 @@ async fn drain(
             }
             Err(_) => {
                 let open = gw.metrics.connections.active.get();
-                tracing::error!(open_connections = open, ?timeout, "connections still open after listener.shutdown_timeout; closing them");
+                tracing::error!(open_connections = open, shutdown_timeout_ms = timeout.as_millis() as u64, "connections still open after listener.shutdown_timeout; closing them");
                 EXIT_RUNTIME
             }
         },
