@@ -34,11 +34,16 @@ enum Command {
     },
     /// Validate the config and every file it names; print what would be loaded.
     ///
-    /// Exit 0 if valid, 2 (naming the file and the reason) if not.
+    /// Every problem is reported in one pass. Exit 0 if valid, 2 (naming
+    /// each file or key and the reason) if not.
     Check {
         /// Config file [default: $CERTGATE_CONFIG, then /etc/certgate/certgate.toml]
         #[arg(short, long)]
         config: Option<PathBuf>,
+        /// Also exit 2 for a served certificate that is expired, not yet
+        /// valid or expiring within 7 days, and for a CRL past its nextUpdate.
+        #[arg(long)]
+        strict: bool,
     },
     /// Verify a client certificate as the gateway would and explain the decision.
     ///
@@ -91,7 +96,9 @@ pub fn main() -> ExitCode {
     };
     match cli.command {
         Command::Run { config } => daemon::run(&config::resolve_path(config.as_deref())),
-        Command::Check { config } => check(&config::resolve_path(config.as_deref())),
+        Command::Check { config, strict } => {
+            check(&config::resolve_path(config.as_deref()), strict)
+        }
         Command::Explain {
             config,
             cert,
@@ -112,10 +119,18 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn check(path: &Path) -> ExitCode {
-    match inspect::load(path) {
-        Ok(state) => {
-            print!("{}", inspect::summary(&state));
+fn check(path: &Path, strict: bool) -> ExitCode {
+    match inspect::check(path) {
+        Ok(checked) => {
+            print!("{}", inspect::summary(&checked.state));
+            print!("{}", inspect::warnings_report(&checked.warnings));
+            if strict && !checked.warnings.is_empty() {
+                eprintln!(
+                    "certgate: --strict: {} problem(s) need attention",
+                    checked.warnings.len()
+                );
+                return ExitCode::from(EXIT_CONFIG);
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {

@@ -67,6 +67,7 @@ pub async fn serve(config: Config, ready: Option<tokio::sync::oneshot::Sender<So
             return EXIT_CONFIG;
         }
     };
+    state.log_warnings();
     let cfg = state.config.clone();
 
     let (listener, admin_listener) = match bind(&cfg).await {

@@ -5,19 +5,20 @@
 
 use std::fmt::Write as _;
 use std::path::Path;
+use std::sync::Arc;
 
 use http::Method;
 use rustls::pki_types::UnixTime;
 
-use crate::config::{RevocationFallback, TlsVersion};
+use crate::config::{Config, RevocationFallback, TlsVersion};
 use crate::identity::Identity;
 use crate::policy::{normalize_path, AuthzDefault, Decision, Roles, Route};
 use crate::proxy::{self, Verdict};
-use crate::state::{LoadFailure, State};
+use crate::state::{LoadFailure, State, StateWarning};
 use crate::tls::{load, verify::classify_rustls, CertKind};
 
 /// Server certificates expiring sooner than this are flagged by `check`.
-const EXPIRY_WARNING_DAYS: i64 = 30;
+const EXPIRY_WARNING_DAYS: f64 = 30.0;
 
 /// Loads the config and every file it names, as `run` does.
 ///
@@ -26,6 +27,54 @@ const EXPIRY_WARNING_DAYS: i64 = 30;
 pub fn load(path: &Path) -> Result<State, LoadFailure> {
     crate::tls::install_provider();
     State::load(path, 1)
+}
+
+/// What `check` found: the state that would serve, with what needs
+/// attention in it.
+pub struct Checked {
+    pub state: State,
+    pub warnings: Vec<StateWarning>,
+}
+
+/// Loads as [`load`] does, but reports every problem in one pass: the files
+/// are read even when settings are invalid (with the settings' safe
+/// stand-ins), so that a wrong key does not hide a missing file.
+///
+/// # Errors
+/// Every problem with the settings and the files; only an unreadable
+/// config or a TOML syntax error stops the pass early.
+pub fn check(path: &Path) -> Result<Checked, LoadFailure> {
+    crate::tls::install_provider();
+    let (config, settings) = Config::load_with_problems(path)?;
+    let config_dir = config.path.parent().map(Path::to_path_buf);
+    let built = State::build(Arc::new(config), 1);
+    let settings = crate::config::ConfigError {
+        file: path.to_path_buf(),
+        problems: settings,
+    };
+    let files = match built {
+        Ok(state) if settings.problems.is_empty() => {
+            let warnings = state.warnings(crate::clock::unix_now());
+            return Ok(Checked { state, warnings });
+        }
+        Ok(_) => Vec::new(),
+        Err(LoadFailure::Files { problems, .. }) => problems,
+        Err(other) => return Err(other),
+    };
+    if settings.problems.is_empty() {
+        return Err(LoadFailure::Files {
+            config: settings.file,
+            problems: files,
+        });
+    }
+    // A setting that is a problem stands in as an empty path (a certificate
+    // source given both ways) or the config's directory (an empty path):
+    // what reading it reports is that same problem again.
+    let files = files
+        .into_iter()
+        .filter(|f| !f.file.as_os_str().is_empty() && Some(&f.file) != config_dir.as_ref())
+        .collect();
+    Err(LoadFailure::SettingsAndFiles { settings, files })
 }
 
 /// The summary `check` prints for a valid configuration.
@@ -78,13 +127,20 @@ fn certificates_report(state: &State, out: &mut String) {
             .as_deref()
             .map(|n| format!(" [{n}]"))
             .unwrap_or_default();
+        let sans: Vec<&str> = c
+            .dns_names
+            .iter()
+            .chain(&c.ip_addresses)
+            .map(String::as_str)
+            .collect();
         let _ = writeln!(
             *out,
-            "  {}{name}: {}  key={}  sans=[{}]  not_after={}{}  ({})",
+            "  {}{name}: {}  key={}  sans=[{}]  serial={}  not_after={}{}  ({})",
             c.kind,
             c.subject,
             c.key_type,
-            c.dns_names.join(","),
+            sans.join(","),
+            c.serial,
             c.not_after,
             expiry_warning(c.not_after_unix, now),
             c.file.display()
@@ -125,15 +181,22 @@ fn crls_report(state: &State, out: &mut String) {
     }
 }
 
+/// Days with two decimals: rounding 4.98 days down to "4 days" hides that
+/// the deadline is nearly a day later than it reads.
 fn expiry_warning(not_after_unix: i64, now: i64) -> String {
-    let days = (not_after_unix - now) / 86_400;
+    let days = (not_after_unix - now) as f64 / 86_400.0;
     if not_after_unix < now {
         "  EXPIRED".to_owned()
     } else if days < EXPIRY_WARNING_DAYS {
-        format!("  WARNING: expires in {days} days")
+        format!("  WARNING: expires in {days:.2} days")
     } else {
         String::new()
     }
+}
+
+/// The lines `check` prints after the summary for what needs attention.
+pub fn warnings_report(warnings: &[StateWarning]) -> String {
+    warnings.iter().map(|w| format!("warning: {w}\n")).collect()
 }
 
 fn describe_route(r: &Route) -> String {
