@@ -2,7 +2,8 @@
 //! CA and optional client certificate), and the classification of its
 //! failures ([`UpstreamError`]; the proxy answers them with 502/504).
 
-use std::time::Duration;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, Uri};
@@ -18,6 +19,10 @@ use crate::tls::load::{self, LoadError};
 
 /// Idle pooled upstream connections are closed after this long.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// At most one WARN per this long that the upstream is unreachable: while
+/// it is down every request fails, and a line per request would flood the
+/// journal (each request still has its access-log line).
+const UNREACHABLE_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Why an upstream exchange failed; also the `kind` label of
 /// `certgate_upstream_errors_total`.
@@ -52,6 +57,8 @@ pub struct Upstream {
     scheme: Scheme,
     authority: Authority,
     timeout: Duration,
+    /// When "unreachable" was last logged, and the failures since.
+    unreachable_logged: Mutex<(Option<Instant>, u64)>,
 }
 
 impl Upstream {
@@ -80,6 +87,7 @@ impl Upstream {
                 .authority
                 .expect("config validation requires an authority in upstream.url"),
             timeout: cfg.timeout,
+            unreachable_logged: Mutex::new((None, 0)),
         })
     }
 
@@ -102,7 +110,7 @@ impl Upstream {
             Err(_) => Err(UpstreamError::Timeout),
             Ok(Ok(resp)) => Ok(resp),
             Ok(Err(e)) if e.is_connect() => {
-                tracing::debug!(error = %e, "upstream connect failed");
+                self.log_unreachable(&e);
                 Err(UpstreamError::Connect)
             }
             Ok(Err(e)) => {
@@ -110,6 +118,36 @@ impl Upstream {
                 Err(UpstreamError::Protocol)
             }
         }
+    }
+}
+
+impl Upstream {
+    /// WARN that the upstream cannot be reached, at most once per
+    /// [`UNREACHABLE_LOG_INTERVAL`], with the failures left unlogged since.
+    fn log_unreachable(&self, error: &hyper_util::client::legacy::Error) {
+        let mut logged = self
+            .unreachable_logged
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let now = Instant::now();
+        if logged
+            .0
+            .is_some_and(|at| now.duration_since(at) < UNREACHABLE_LOG_INTERVAL)
+        {
+            logged.1 += 1;
+            return;
+        }
+        let not_logged = std::mem::take(&mut logged.1);
+        logged.0 = Some(now);
+        drop(logged);
+        let cause = std::error::Error::source(error).map(ToString::to_string);
+        tracing::warn!(
+            upstream = %self.authority,
+            error = %error,
+            cause = cause.as_deref(),
+            failures_not_logged = not_logged,
+            "upstream unreachable"
+        );
     }
 }
 

@@ -146,3 +146,58 @@ async fn json_durations_have_at_most_three_decimals() {
     }
     assert!(seen >= 10, "{seen} _ms fields in:\n{logs}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_path_lines_log_the_path_as_sent() {
+    let mut setup = Setup::new(echo_upstream().await);
+    setup.extra = "[authorization]\ndefault = \"authenticated\"\n".into();
+    let client = setup.ca.issue(&LeafSpec::client("pathy"));
+    let gw = setup.start();
+    let reply = setup
+        .client(&client)
+        .get(gw.addr, "/api/a%2Fb")
+        .await
+        .unwrap();
+    assert_eq!(reply.status, 400);
+    assert!(
+        gw.wait_for_log(
+            &["\"status\":400", "\"path\":\"/api/a%2Fb\""],
+            Duration::from_secs(5)
+        ),
+        "{}",
+        gw.logs()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unreachable_upstream_is_a_warning_but_not_one_per_request() {
+    // Nothing listens on a port that was just bound and released.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut setup = Setup::new(closed);
+    setup.extra = "[authorization]\ndefault = \"authenticated\"\n".into();
+    let client = setup.ca.issue(&LeafSpec::client("hopeful"));
+    let gw = setup.start();
+    for _ in 0..5 {
+        let reply = setup.client(&client).get(gw.addr, "/api/x").await.unwrap();
+        assert_eq!(reply.status, 502);
+    }
+    assert!(
+        gw.wait_for_log(
+            &["\"level\":\"WARN\"", "upstream unreachable"],
+            Duration::from_secs(5)
+        ),
+        "{}",
+        gw.logs()
+    );
+    let warnings = gw
+        .logs
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|l| l.contains("upstream unreachable") && l.contains("\"WARN\""))
+        .count();
+    assert_eq!(warnings, 1, "rate-limited:\n{}", gw.logs());
+}

@@ -93,6 +93,11 @@ async fn process(
     if gw.is_draining() {
         return Err(GatewayError::Draining);
     }
+    // As sent until it is normalized: a refused path is what the operator
+    // needs to see (`bad_path`).
+    if state.config.log.access_log {
+        outcome.path = Some(req.uri().path().to_owned());
+    }
     let target_len = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
     let head_bytes = headers::head_size(req.headers()) + target_len;
     if head_bytes > state.config.listener.max_header_bytes {
