@@ -289,3 +289,85 @@ async fn status_names_served_certificates_by_serial_and_fingerprint() {
     );
     assert_eq!(served["ip_addresses"][0], "127.0.0.1", "{served}");
 }
+
+/// Runs `keytool ARGS` in `dir`, panicking with its output if it fails.
+fn keytool(dir: &Path, args: &[&str]) {
+    let out = Command::new("keytool")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("run keytool");
+    assert!(
+        out.status.success(),
+        "keytool {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn java_keystores_are_named_with_the_keytool_command_that_converts_them() {
+    if !have("keytool") {
+        eprintln!("skipping: keytool is not installed (CI installs it)");
+        return;
+    }
+    let mut setup = setup();
+    let dir = setup.path().to_path_buf();
+    keytool(
+        &dir,
+        &[
+            "-genkeypair",
+            "-keystore",
+            "server.jks",
+            "-storetype",
+            "jks",
+            "-storepass",
+            "changeit",
+            "-keypass",
+            "changeit",
+            "-alias",
+            "server",
+            "-keyalg",
+            "EC",
+            "-dname",
+            "CN=localhost",
+        ],
+    );
+    keytool(
+        &dir,
+        &[
+            "-importcert",
+            "-noprompt",
+            "-keystore",
+            "trust.jks",
+            "-storetype",
+            "jks",
+            "-storepass",
+            "changeit",
+            "-alias",
+            "clients",
+            "-file",
+            "client-ca.pem",
+        ],
+    );
+    write(&dir, "server.jks.password", "changeit\n");
+    setup.client_auth = Some("[client_auth]\ntrusted_cas = [\"trust.jks\"]\n".into());
+    let config = setup.write_config();
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "cert = \"server.pem\"\nkey = \"server.key\"\n",
+        "pkcs12 = \"server.jks\"\npkcs12_password_file = \"server.jks.password\"\n",
+    );
+    std::fs::write(&config, text).unwrap();
+    let run = check(&config, false);
+    assert_eq!(run.code, 2, "{run:?}");
+    for store in ["server.jks", "trust.jks"] {
+        assert!(
+            run.stderr.lines().any(|l| l.contains(store)
+                && l.contains("Java KeyStore (JKS)")
+                && l.contains("keytool -importkeystore")
+                && l.contains("-deststoretype pkcs12")),
+            "{store} is not named as a JKS store with the fix:\n{}",
+            run.stderr
+        );
+    }
+}

@@ -111,8 +111,33 @@ pub struct CrlInfo {
     pub next_update_unix: Option<i64>,
 }
 
-fn read(file: &Path) -> Result<Vec<u8>, LoadError> {
-    std::fs::read(file).map_err(|e| LoadError::new(file, format!("cannot read: {e}")))
+/// Reads a file certgate will parse. A Java KeyStore is refused here,
+/// whatever the file was configured as: no parser would recognize it, and
+/// each would report a misleading DER or PEM error instead of the fix.
+pub(super) fn read(file: &Path) -> Result<Vec<u8>, LoadError> {
+    let bytes =
+        std::fs::read(file).map_err(|e| LoadError::new(file, format!("cannot read: {e}")))?;
+    if let Some(kind) = java_keystore(&bytes) {
+        let f = file.display();
+        return Err(LoadError::new(
+            file,
+            format!(
+                "this is a {kind} store, which certgate does not read; convert it to PKCS#12 with \
+                 `keytool -importkeystore -srckeystore {f} -destkeystore {f}.p12 -deststoretype pkcs12` \
+                 and configure the .p12 file"
+            ),
+        ));
+    }
+    Ok(bytes)
+}
+
+/// The magic numbers `keytool` writes: JKS `FEEDFEED`, JCEKS `CECECECE`.
+fn java_keystore(bytes: &[u8]) -> Option<&'static str> {
+    match bytes.get(..4)? {
+        [0xFE, 0xED, 0xFE, 0xED] => Some("Java KeyStore (JKS)"),
+        [0xCE, 0xCE, 0xCE, 0xCE] => Some("Java JCEKS"),
+        _ => None,
+    }
 }
 
 /// A PEM chain, leaf first.
