@@ -68,11 +68,15 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
-    /// Run the gateway on a development PKI (certs/dev) with a built-in echo upstream.
+    /// Run the gateway on a development PKI (certs/dev) with a built-in echo upstream
+    /// (on a free port, in place of the config's upstream.url).
     #[cfg(feature = "dev-tools")]
     Demo {
         #[arg(long, default_value = "certs/dev")]
         dir: PathBuf,
+        /// Port of the mTLS listener [default: the one in DIR/certgate.toml, 8443]
+        #[arg(long)]
+        port: Option<u16>,
     },
     /// Serve the echo upstream alone (for tests and benchmarks).
     #[cfg(feature = "dev-tools")]
@@ -113,7 +117,7 @@ pub fn main() -> ExitCode {
         #[cfg(feature = "dev-tools")]
         Command::DevPki { out } => crate::devtools::dev_pki(&out),
         #[cfg(feature = "dev-tools")]
-        Command::Demo { dir } => crate::devtools::demo(&dir),
+        Command::Demo { dir, port } => crate::devtools::demo(&dir, port),
         #[cfg(feature = "dev-tools")]
         Command::Echo { listen } => crate::devtools::echo(listen),
     }
