@@ -182,10 +182,12 @@ async fn every_refused_tls13_client_receives_its_alert() {
             "{label}: {} of {TRIES} tries did not see `{want}`: {lost:?}",
             lost.len()
         );
-        assert_eq!(
-            handshakes(&gw, label),
-            TRIES as f64,
-            "{label} refusals counted"
+        // Counted as the alert goes out, so the last one may lag the client.
+        assert!(
+            eventually(Duration::from_secs(5), || handshakes(&gw, label)
+                == TRIES as f64),
+            "{label}: {} refusals counted, not {TRIES}",
+            handshakes(&gw, label)
         );
     }
 }
