@@ -41,8 +41,9 @@ pub struct Checked {
 /// stand-ins), so that a wrong key does not hide a missing file.
 ///
 /// # Errors
-/// Every problem with the settings and the files; only an unreadable
-/// config or a TOML syntax error stops the pass early.
+/// Every problem with the settings and the files. What stops the config
+/// from being read at all (unreadable, TOML syntax, an unknown key, a value
+/// of the wrong type) is reported alone.
 pub fn check(path: &Path) -> Result<Checked, LoadFailure> {
     crate::tls::install_provider();
     let (config, settings) = Config::load_with_problems(path)?;

@@ -288,7 +288,7 @@ impl Config {
     ///
     /// # Errors
     /// Only what stops the reading itself: an unreadable file, TOML syntax,
-    /// unknown keys.
+    /// unknown keys, a value of the wrong type.
     pub fn load_with_problems(path: &Path) -> Result<(Config, Vec<Problem>), ConfigError> {
         let text = read_config(path)?;
         Self::from_toml_with_problems(path, &text, std::env::vars())
