@@ -158,7 +158,7 @@ fn handshake_configs(kind: KeyKind) -> (Arc<ServerConfig>, Arc<ClientConfig>) {
         by_name: HashMap::new(),
     });
     let server_config =
-        build_server_config(certs, verifier, TlsVersion::V1_2).expect("server config");
+        build_server_config(certs, verifier, TlsVersion::V1_2, None).expect("server config");
 
     let mut roots = rustls::RootCertStore::empty();
     roots.add(ca.der.clone()).expect("root");

@@ -126,6 +126,39 @@ impl Metrics {
 pub struct ConnectionMetrics {
     pub active: IntGauge,
     pub total: IntCounter,
+    proxy_protocol: IntCounterVec,
+}
+
+/// What became of a connection's PROXY protocol header, as the `result`
+/// label of `certgate_proxy_protocol_total` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyHeaderResult {
+    /// A valid header from a trusted peer: its address is the client's.
+    Ok,
+    /// The peer is not in `listener.proxy_protocol_from`.
+    Untrusted,
+    /// A trusted peer sent no header (TLS at once, or nothing in time).
+    Missing,
+    /// A malformed or unfinished header, or the version the listener does not take.
+    Invalid,
+}
+
+impl ProxyHeaderResult {
+    pub const ALL: [ProxyHeaderResult; 4] = [
+        ProxyHeaderResult::Ok,
+        ProxyHeaderResult::Untrusted,
+        ProxyHeaderResult::Missing,
+        ProxyHeaderResult::Invalid,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            ProxyHeaderResult::Ok => "ok",
+            ProxyHeaderResult::Untrusted => "untrusted",
+            ProxyHeaderResult::Missing => "missing",
+            ProxyHeaderResult::Invalid => "invalid",
+        }
+    }
 }
 
 impl ConnectionMetrics {
@@ -141,7 +174,25 @@ impl ConnectionMetrics {
                 "certgate_connections_total",
                 "Client TCP connections accepted on the mTLS listener.",
             ),
+            proxy_protocol: {
+                let results = counter_vec(
+                    r,
+                    "certgate_proxy_protocol_total",
+                    "PROXY protocol headers read before TLS, by result (listener.proxy_protocol).",
+                    &["result"],
+                );
+                for result in ProxyHeaderResult::ALL {
+                    results.with_label_values(&[result.label()]);
+                }
+                results
+            },
         }
+    }
+
+    pub fn proxy_header(&self, result: ProxyHeaderResult) {
+        self.proxy_protocol
+            .with_label_values(&[result.label()])
+            .inc();
     }
 }
 
@@ -470,6 +521,7 @@ mod tests {
             ("certgate_build_info", GAUGE, &["version"]),
             ("certgate_connections_active", GAUGE, &[]),
             ("certgate_connections_total", COUNTER, &[]),
+            ("certgate_proxy_protocol_total", COUNTER, &["result"]),
             ("certgate_tls_handshakes_total", COUNTER, &["result"]),
             ("certgate_tls_handshake_duration_seconds", HISTOGRAM, &[]),
             ("certgate_requests_total", COUNTER, &["code"]),
@@ -516,6 +568,10 @@ mod tests {
         }
         for kind in ["connect", "timeout", "protocol"] {
             let sample = format!("certgate_upstream_errors_total{{kind=\"{kind}\"}} 0");
+            assert!(text.contains(&sample), "missing {sample}");
+        }
+        for result in ["ok", "untrusted", "missing", "invalid"] {
+            let sample = format!("certgate_proxy_protocol_total{{result=\"{result}\"}} 0");
             assert!(text.contains(&sample), "missing {sample}");
         }
     }

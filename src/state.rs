@@ -131,6 +131,7 @@ impl State {
         let upstream = Upstream::build(&config.upstream)
             .map_err(|e| problems.push(e))
             .ok();
+        let shared_tickets = load_ticket_keys(&config, &mut problems);
 
         let files_failed = |problems| LoadFailure::Files {
             config: config.path.clone(),
@@ -145,6 +146,7 @@ impl State {
             Arc::new(server_certs),
             client_auth.verifier.clone(),
             config.listener.min_tls_version,
+            shared_tickets,
         )
         .map_err(|e| files_failed(vec![LoadError::new(&config.path, e.to_string())]))?;
 
@@ -310,6 +312,25 @@ fn load_client_auth(
         crls: crl_infos,
         coverage,
     })
+}
+
+/// The fleet's ticketer from `listener.session_ticket_keys`; `None` when
+/// the setting is off or the file is unusable (then in `problems`).
+fn load_ticket_keys(
+    config: &Config,
+    problems: &mut Vec<LoadError>,
+) -> Option<Arc<dyn rustls::server::ProducesTickets>> {
+    let file = config.listener.session_ticket_keys.as_deref()?;
+    match tls::tickets::SharedTicketer::load(file) {
+        Ok(ticketer) => {
+            tracing::debug!(file = %file.display(), key_names = ?ticketer.key_names(), "session ticket keys loaded");
+            Some(Arc::new(ticketer))
+        }
+        Err(e) => {
+            problems.push(e);
+            None
+        }
+    }
 }
 
 fn first_or_config<'a>(files: &'a [PathBuf], config: &'a Path) -> &'a Path {

@@ -1,8 +1,9 @@
 //! The README's configuration reference is a valid config, and it names
 //! every configuration key of the product contract (SPEC §3, and the §10
-//! keys certgate implements), so the two cannot drift apart. Every other
-//! TOML example in the README is a valid config or a fragment naming only
-//! keys the reference documents. Nothing here reads outside the repository:
+//! keys certgate implements, and the §13 fleet keys), so the two cannot
+//! drift apart. Every other TOML example in the README, `docs/fleet.md` and
+//! `docs/kubernetes.md` is a valid config or a fragment naming only keys
+//! the reference documents. Nothing here reads outside the repository:
 //! the contract's keys are listed below and its example config is
 //! `tests/data/contract-config.toml`.
 
@@ -10,8 +11,9 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 /// The configuration keys of the product contract: its §3 configuration
-/// block, and the §10 keys certgate implements (`listener.path_parameters`,
-/// `listener.underscore_headers`, `listener.stream_idle_timeout`).
+/// block, the §10 keys certgate implements (`listener.path_parameters`,
+/// `listener.underscore_headers`, `listener.stream_idle_timeout`), and the
+/// §13 fleet keys.
 const CONTRACT_KEYS: &[&str] = &[
     "listener.address",
     "listener.handshake_timeout",
@@ -24,6 +26,9 @@ const CONTRACT_KEYS: &[&str] = &[
     "listener.path_parameters",
     "listener.underscore_headers",
     "listener.stream_idle_timeout",
+    "listener.proxy_protocol",
+    "listener.proxy_protocol_from",
+    "listener.session_ticket_keys",
     "server_tls.cert",
     "server_tls.key",
     "server_tls.sni.server_name",
@@ -200,33 +205,50 @@ fn with_commented_keys(text: &str) -> String {
         .join("\n")
 }
 
+/// The pages whose TOML examples must be configs or known fragments.
+const DOCS_WITH_TOML: [&str; 3] = ["README.md", "docs/fleet.md", "docs/kubernetes.md"];
+
 #[test]
-fn every_readme_toml_example_is_a_config_or_a_known_fragment() {
-    let readme =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+fn every_toml_example_in_the_docs_is_a_config_or_a_known_fragment() {
+    for page in DOCS_WITH_TOML {
+        let doc =
+            std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(page)).unwrap();
+        check_toml_examples(page, &doc);
+    }
+}
+
+fn check_toml_examples(page: &str, readme: &str) {
     let reference = with_commented_keys(&readme_reference());
     let known_keys = keys(&reference);
     let reference_table: toml::Table = toml::from_str(&reference).expect("reference is TOML");
     let known_sections: BTreeSet<&String> = reference_table.keys().collect();
 
-    let blocks = toml_blocks(&readme);
+    let blocks = toml_blocks(readme);
     assert_eq!(
         blocks.len(),
         readme.matches("```toml").count(),
-        "every ```toml fence opens a block"
+        "{page}: every ```toml fence opens a block"
     );
-    assert!(blocks.len() > 1, "too few TOML examples: {blocks:?}");
+    assert!(
+        blocks.len() > 1,
+        "{page}: too few TOML examples: {blocks:?}"
+    );
     for block in &blocks {
         let table: toml::Table = toml::from_str(block)
-            .unwrap_or_else(|e| panic!("README example is not TOML ({e}):\n{block}"));
-        // A block with a [listener] section is meant as a whole config.
-        if table.contains_key("listener") {
+            .unwrap_or_else(|e| panic!("{page} example is not TOML ({e}):\n{block}"));
+        // A block that sets the required listener.address is meant as a
+        // whole config; other [listener] blocks are fragments.
+        if table
+            .get("listener")
+            .and_then(|l| l.get("address"))
+            .is_some()
+        {
             certgate::config::Config::from_toml(
                 Path::new("/etc/certgate/certgate.toml"),
                 block,
                 Vec::new(),
             )
-            .unwrap_or_else(|e| panic!("README example does not parse ({e}):\n{block}"));
+            .unwrap_or_else(|e| panic!("{page} example does not parse ({e}):\n{block}"));
             continue;
         }
         let sections: Vec<&String> = table
@@ -235,14 +257,14 @@ fn every_readme_toml_example_is_a_config_or_a_known_fragment() {
             .collect();
         assert!(
             sections.is_empty(),
-            "README example names sections the reference lacks: {sections:?}\n{block}"
+            "{page} example names sections the reference lacks: {sections:?}\n{block}"
         );
         let names = keys(block);
-        assert!(!names.is_empty(), "README example names no key:\n{block}");
+        assert!(!names.is_empty(), "{page} example names no key:\n{block}");
         let unknown: Vec<&String> = names.difference(&known_keys).collect();
         assert!(
             unknown.is_empty(),
-            "README example names keys the reference lacks: {unknown:?}\n{block}"
+            "{page} example names keys the reference lacks: {unknown:?}\n{block}"
         );
     }
 }

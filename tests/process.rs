@@ -649,6 +649,59 @@ async fn socket_activation_serves_on_the_sockets_systemd_passed() {
     assert_eq!(gw.admin_get("/readyz"), (200, "ready\n".into()));
 }
 
+/// Socket activation and the PROXY protocol together: the header is read
+/// on the socket systemd passed, as on one certgate bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn socket_activation_takes_proxy_protocol_headers() {
+    use tokio::io::AsyncWriteExt;
+    let upstream = echo_upstream().await;
+    let mut setup = Setup::new(upstream);
+    setup.listener = Some(
+        "[listener]\naddress = \"192.0.2.1:8443\"\nproxy_protocol = \"v2\"\n\
+         proxy_protocol_from = [\"127.0.0.1\"]\n"
+            .into(),
+    );
+    setup.extra = AUTHENTICATED.into();
+    let config = setup.write_config();
+    let leaf = setup
+        .ca
+        .issue(&LeafSpec::client("activated-behind-a-balancer"));
+    let mtls = TcpListener::bind("127.0.0.1:0").unwrap();
+    let gw = spawn_activated(&config, &[&mtls], &[]);
+    assert_eq!(gw.addr, mtls.local_addr().unwrap());
+
+    let addresses: (SocketAddr, SocketAddr) = (
+        "198.51.100.23:50000".parse().unwrap(),
+        "10.0.0.1:8443".parse().unwrap(),
+    );
+    let header = ppp::v2::Builder::with_addresses(
+        ppp::v2::Version::Two | ppp::v2::Command::Proxy,
+        ppp::v2::Protocol::Stream,
+        addresses,
+    )
+    .build()
+    .unwrap();
+    let mut tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    tcp.write_all(&header).await.unwrap();
+    let reply = setup
+        .client(&leaf)
+        .connect_over(tcp)
+        .await
+        .unwrap()
+        .get("/activated")
+        .await
+        .unwrap();
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(
+        reply.upstream_header("x-forwarded-for").as_deref(),
+        Some("198.51.100.23")
+    );
+    assert_eq!(
+        gw.metric("certgate_proxy_protocol_total{result=\"ok\"}"),
+        1.0
+    );
+}
+
 // ------------------------------------------------------------ exit codes ----
 
 /// Runs `certgate <args>` to its exit: status and stderr.

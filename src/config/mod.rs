@@ -48,6 +48,34 @@ pub struct ListenerConfig {
     pub underscore_headers: UnderscoreHeaders,
     /// An exchange in progress that moves no byte for this long is ended.
     pub stream_idle_timeout: Duration,
+    /// Which PROXY protocol header precedes TLS, if any.
+    pub proxy_protocol: ProxyProtocol,
+    /// The only peers that may send a PROXY header; empty when `Off`.
+    pub proxy_protocol_from: Vec<ipnet::IpNet>,
+    /// The key file shared by every replica; `None`: per-state random keys.
+    pub session_ticket_keys: Option<PathBuf>,
+}
+
+/// `listener.proxy_protocol`: which PROXY protocol header an L4 balancer
+/// sends before the TLS handshake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyProtocol {
+    Off,
+    V1,
+    V2,
+    /// Either version, told apart by its signature.
+    Any,
+}
+
+impl ListenerConfig {
+    /// Whether `peer` may send a PROXY header. An IPv4 peer on a dual-stack
+    /// socket appears as `::ffff:a.b.c.d`, which IPv4 CIDRs must match too.
+    pub fn proxy_trusted(&self, peer: std::net::IpAddr) -> bool {
+        let canonical = peer.to_canonical();
+        self.proxy_protocol_from
+            .iter()
+            .any(|net| net.contains(&peer) || net.contains(&canonical))
+    }
 }
 
 /// What happens to request headers whose name holds `_` (`listener.underscore_headers`).
@@ -314,6 +342,7 @@ impl Config {
         files.extend(self.client_auth.trusted_cas.iter().cloned());
         files.extend(self.client_auth.trusted_cas_password_file.iter().cloned());
         files.extend(self.client_auth.crls.iter().cloned());
+        files.extend(self.listener.session_ticket_keys.iter().cloned());
         let u = &self.upstream;
         files.extend(
             [&u.ca, &u.client_cert, &u.client_key]
@@ -556,6 +585,7 @@ impl Validator<'_> {
 /// typed one, recording problems and standing in a safe value for each.
 impl Validator<'_> {
     fn listener(&mut self, l: &raw::RawListener) -> ListenerConfig {
+        let (proxy_protocol, proxy_protocol_from) = self.proxy_protocol(l);
         ListenerConfig {
             address: self.addr("listener.address", &l.address),
             handshake_timeout: self.duration("listener.handshake_timeout", &l.handshake_timeout),
@@ -595,7 +625,47 @@ impl Validator<'_> {
             ),
             stream_idle_timeout: self
                 .duration("listener.stream_idle_timeout", &l.stream_idle_timeout),
+            proxy_protocol,
+            proxy_protocol_from,
+            session_ticket_keys: (!l.session_ticket_keys.is_empty())
+                .then(|| self.path("listener.session_ticket_keys", &l.session_ticket_keys)),
         }
+    }
+
+    /// `listener.proxy_protocol` and the CIDRs it is accepted from: a
+    /// header trusted from anywhere would let any client choose its address.
+    fn proxy_protocol(&mut self, l: &raw::RawListener) -> (ProxyProtocol, Vec<ipnet::IpNet>) {
+        let mode = self.choice(
+            "listener.proxy_protocol",
+            &l.proxy_protocol,
+            &[
+                ("off", ProxyProtocol::Off),
+                ("v1", ProxyProtocol::V1),
+                ("v2", ProxyProtocol::V2),
+                ("any", ProxyProtocol::Any),
+            ],
+        );
+        let mut nets = Vec::new();
+        for (i, cidr) in l.proxy_protocol_from.iter().enumerate() {
+            // A bare address is a one-address network.
+            let parsed = cidr
+                .parse::<ipnet::IpNet>()
+                .or_else(|_| cidr.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
+            match parsed {
+                Ok(net) => nets.push(net.trunc()),
+                Err(_) => self.problem(
+                    format!("listener.proxy_protocol_from[{i}]"),
+                    format!("`{cidr}` is not a CIDR like \"10.0.0.0/8\" or an IP address"),
+                ),
+            }
+        }
+        if mode != ProxyProtocol::Off && l.proxy_protocol_from.is_empty() {
+            self.problem(
+                "listener.proxy_protocol_from",
+                "must list the balancers' CIDRs when listener.proxy_protocol is not \"off\"",
+            );
+        }
+        (mode, nets)
     }
 
     fn server_tls(&mut self, t: raw::RawServerTls) -> ServerTlsConfig {

@@ -53,6 +53,12 @@ pub struct RawListener {
     pub underscore_headers: String,
     #[serde(default = "d_stream_idle_timeout")]
     pub stream_idle_timeout: String,
+    #[serde(default = "d_off")]
+    pub proxy_protocol: String,
+    #[serde(default)]
+    pub proxy_protocol_from: Vec<String>,
+    #[serde(default)]
+    pub session_ticket_keys: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -379,6 +385,10 @@ fn d_path_parameters() -> String {
 
 fn d_underscore_headers() -> String {
     "drop".into()
+}
+
+fn d_off() -> String {
+    s("off")
 }
 
 fn d_stream_idle_timeout() -> String {

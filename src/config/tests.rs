@@ -52,6 +52,67 @@ fn minimal_config_gets_secure_defaults() {
     assert!(c.reload.watch);
     assert_eq!(c.reload.debounce, Duration::from_millis(250));
     assert_eq!(c.log.format, LogFormat::Json);
+    assert_eq!(c.listener.proxy_protocol, ProxyProtocol::Off);
+    assert!(c.listener.proxy_protocol_from.is_empty());
+    assert_eq!(c.listener.session_ticket_keys, None);
+}
+
+#[test]
+fn proxy_protocol_needs_trusted_cidrs() {
+    let with = |extra: &str| MINIMAL.replace("[server_tls]", &format!("{extra}\n[server_tls]"));
+    let c = parse(&with(
+        "proxy_protocol = \"v2\"\nproxy_protocol_from = [\"10.1.2.3/8\", \"192.0.2.7\", \"fd00::/8\"]",
+    ))
+    .unwrap();
+    assert_eq!(c.listener.proxy_protocol, ProxyProtocol::V2);
+    let nets: Vec<String> = c
+        .listener
+        .proxy_protocol_from
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(nets, ["10.0.0.0/8", "192.0.2.7/32", "fd00::/8"]);
+    assert!(c.listener.proxy_trusted("10.200.0.1".parse().unwrap()));
+    assert!(
+        c.listener
+            .proxy_trusted("::ffff:10.200.0.1".parse().unwrap()),
+        "an IPv4 peer on a dual-stack socket"
+    );
+    assert!(!c.listener.proxy_trusted("192.0.2.8".parse().unwrap()));
+
+    let cases = [
+        (
+            "proxy_protocol = \"any\"",
+            "listener.proxy_protocol_from: must list",
+        ),
+        (
+            "proxy_protocol = \"v3\"\nproxy_protocol_from = [\"10.0.0.0/8\"]",
+            "listener.proxy_protocol: must be",
+        ),
+        (
+            "proxy_protocol = \"v1\"\nproxy_protocol_from = [\"10.0.0.0/33\"]",
+            "listener.proxy_protocol_from[0]: `10.0.0.0/33` is not a CIDR",
+        ),
+    ];
+    for (extra, want) in cases {
+        let got = problems(&with(extra));
+        assert!(got.iter().any(|p| p.contains(want)), "{extra}: {got:?}");
+    }
+}
+
+#[test]
+fn session_ticket_keys_resolve_and_are_watched() {
+    let c = parse(&MINIMAL.replace(
+        "[server_tls]",
+        "session_ticket_keys = \"tickets/keys\"\n[server_tls]",
+    ))
+    .unwrap();
+    let keys = Path::new("/etc/certgate/tickets/keys");
+    assert_eq!(c.listener.session_ticket_keys.as_deref(), Some(keys));
+    assert!(
+        c.files().iter().any(|f| f == keys),
+        "reload watches the key file"
+    );
 }
 
 #[test]

@@ -315,6 +315,9 @@ mod tests {
             path_parameters: Default::default(),
             underscore_headers: Default::default(),
             stream_idle_timeout: Duration::from_secs(60),
+            proxy_protocol: crate::config::ProxyProtocol::Off,
+            proxy_protocol_from: Vec::new(),
+            session_ticket_keys: None,
         }
     }
 

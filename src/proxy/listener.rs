@@ -1,13 +1,15 @@
 //! Accepting client connections: a bounded accept loop that backs off when
-//! the process runs out of file descriptors, and the TLS handshake under the
-//! current state (bounded by `listener.handshake_timeout`); the verified
-//! connection is then served by `connection`.
+//! the process runs out of file descriptors, the PROXY protocol header when
+//! the listener takes one, and the TLS handshake under the current state
+//! (header and handshake together bounded by `listener.handshake_timeout`);
+//! the verified connection is then served by `connection`.
 
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use rustls::HandshakeKind;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_rustls::server::TlsStream;
@@ -15,10 +17,12 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::task::TaskTracker;
 
 use super::client::ClientConnection;
+use super::proxy_header;
 use super::verified::VerifiedClients;
 use super::{connection, refusal};
+use crate::config::ProxyProtocol;
 use crate::gateway::Gateway;
-use crate::metrics::ActiveConnection;
+use crate::metrics::{ActiveConnection, ProxyHeaderResult};
 use crate::state::State;
 use crate::tls::{classify_error, keep_refused_leaf, HandshakeFailure};
 
@@ -94,7 +98,7 @@ async fn handle_connection(
     gw: Arc<Gateway>,
     verified_clients: &Arc<VerifiedClients>,
     tcp: TcpStream,
-    peer: SocketAddr,
+    tcp_peer: SocketAddr,
 ) {
     let _active = ActiveConnection::open(&gw.metrics);
     let _ = tcp.set_nodelay(true);
@@ -103,11 +107,18 @@ async fn handle_connection(
     // Boxed: the handshake's state (rustls mid-handshake, ~1.6 KiB) is
     // needed only until it completes, and the task lives as long as the
     // connection.
-    let Some(tls) = Box::pin(handshake(&gw, &state, tcp, peer)).await else {
+    let Some((tls, peer)) = Box::pin(handshake(&gw, &state, tcp, tcp_peer)).await else {
         return;
     };
-    let chain = tls.get_ref().1.peer_certificates().unwrap_or_default();
-    let verified = match verified_clients.get(chain, &state) {
+    let session = tls.get_ref().1;
+    let chain = session.peer_certificates().unwrap_or_default();
+    // Without shared ticket keys a session resumes only under the state
+    // whose own keys and cache issued it, whose verifier accepted the chain
+    // then: checking again would only cost a resumption its saving. With
+    // shared keys the ticket may come from another replica or generation.
+    let foreign_session = session.handshake_kind() == Some(HandshakeKind::Resumed)
+        && limits.session_ticket_keys.is_some();
+    let verified = match verified_clients.get(chain, &state, foreign_session, peer) {
         Ok(c) => c,
         Err(e) => {
             tracing::warn!(%peer, error = %e, "verified client certificate has unreadable identity fields; closing");
@@ -119,23 +130,47 @@ async fn handle_connection(
     connection::serve(gw, tls, client, &limits).await;
 }
 
-/// The TLS handshake, counted and logged; `None` when it failed or timed out.
+/// The PROXY header (when the listener takes one) and the TLS handshake,
+/// counted and logged: the TLS stream and the client's address, or `None`
+/// when either failed or the two did not finish within the handshake
+/// timeout.
 async fn handshake(
     gw: &Gateway,
     state: &State,
-    tcp: TcpStream,
-    peer: SocketAddr,
-) -> Option<Box<TlsStream<TcpStream>>> {
+    mut tcp: TcpStream,
+    tcp_peer: SocketAddr,
+) -> Option<(Box<TlsStream<TcpStream>>, SocketAddr)> {
     let started = Instant::now();
+    let limits = &state.config.listener;
+    let deadline = tokio::time::Instant::from_std(started) + limits.handshake_timeout;
+    let peer = match limits.proxy_protocol {
+        ProxyProtocol::Off => tcp_peer,
+        _ => {
+            let header = proxy_header::client_address(&mut tcp, tcp_peer, limits, deadline);
+            let read = tokio::select! {
+                read = header => read,
+                _ = gw.drain_started() => return None,
+            };
+            match read {
+                Ok(client) => {
+                    gw.metrics.connections.proxy_header(ProxyHeaderResult::Ok);
+                    client
+                }
+                Err(e) => {
+                    let result = e.result();
+                    gw.metrics.connections.proxy_header(result);
+                    tracing::info!(peer = %tcp_peer, result = result.label(), error = %e, "PROXY protocol header refused; closing");
+                    return None;
+                }
+            }
+        }
+    };
     // Fallible: a refused handshake hands the socket back, for the close
     // that delivers the alert.
     let accept = TlsAcceptor::from(state.tls.clone())
         .accept(tcp)
         .into_fallible();
-    let accept = tokio::time::timeout(
-        state.config.listener.handshake_timeout,
-        keep_refused_leaf(accept),
-    );
+    let accept = tokio::time::timeout_at(deadline, keep_refused_leaf(accept));
     // A handshake still under way when the drain starts could only lead to
     // a 503, and a silent peer would hold the drain for handshake_timeout.
     let outcome = tokio::select! {
@@ -151,7 +186,7 @@ async fn handshake(
             // Boxed: the stream (~1.2 KiB, mostly rustls state) would
             // otherwise be laid out several times over in the connection
             // task, which is kept for every open connection.
-            Some(Box::new(tls))
+            Some((Box::new(tls), peer))
         }
         Ok((Err((e, tcp)), leaf)) => {
             let reason = classify_error(&e);

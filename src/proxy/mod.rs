@@ -1,4 +1,5 @@
-//! The mTLS data path: accept loop and TLS handshake (`listener`), HTTP
+//! The mTLS data path: accept loop and TLS handshake (`listener`), the
+//! PROXY protocol header a balancer sends before it (`proxy_header`), HTTP
 //! serving under the connection's timers (`connection`, `activity`), the
 //! client connection (`client`) and the verified client it shares with the
 //! client's other connections (`verified`), a refused handshake's log line
@@ -13,6 +14,7 @@ mod error;
 mod head;
 pub mod headers;
 mod listener;
+mod proxy_header;
 mod refusal;
 mod service;
 mod streams;

@@ -64,8 +64,17 @@ pub struct Grant {
 }
 
 impl VerifiedClients {
-    /// The verified client for a chain that `state`'s handshake just verified:
-    /// the one an open connection already shares, or a new one.
+    /// The verified client for the chain of a connection that `state`'s
+    /// handshake just accepted: the one an open connection already shares,
+    /// or a new one.
+    ///
+    /// A `resumed` session's chain comes from its ticket, which another
+    /// replica or an older generation may have issued (shared ticket keys):
+    /// rustls does not call the verifier when it resumes. So a new client
+    /// from such a session gets its first verdict from `state`'s verifier
+    /// (CAs, CRLs, expiry), and a refused one is refused on its first
+    /// request like any client a reload refuses. `peer` names the
+    /// connection, for the log.
     ///
     /// # Errors
     /// The leaf certificate cannot be parsed for identity fields.
@@ -73,6 +82,8 @@ impl VerifiedClients {
         self: &Arc<Self>,
         chain: &[CertificateDer<'_>],
         state: &State,
+        resumed: bool,
+        peer: SocketAddr,
     ) -> Result<Arc<VerifiedClient>, IdentityError> {
         let key = chain_key(chain);
         if let Some(shared) = self.lock().get(&key).and_then(Weak::upgrade) {
@@ -86,14 +97,23 @@ impl VerifiedClients {
             .ok_or_else(|| IdentityError::Parse("no client certificate".into()))?;
         // Parsed outside the lock: other handshakes need not wait for it.
         let identity = Identity::from_der(leaf)?;
+        let chain: Vec<CertificateDer<'static>> =
+            chain.iter().map(|c| c.clone().into_owned()).collect();
+        let outcome = match resumed {
+            true => verify(&chain, state)
+                .inspect_err(|e| log_refusal(&identity, state, peer, e, RESUMED_REFUSED)),
+            false => Ok(()),
+        };
         let fresh = Arc::new(VerifiedClient {
             key,
-            chain: chain.iter().map(|c| c.clone().into_owned()).collect(),
             headers: IdentityHeaders::new(&identity),
             verdict: Mutex::new(Verdict {
                 generation: state.generation,
-                outcome: Ok(grant(&identity, state)),
+                outcome: outcome
+                    .map(|()| grant(&identity, state))
+                    .map_err(|e| classify_rustls(&e).label()),
             }),
+            chain,
             identity,
             registry: self.clone(),
         });
@@ -169,24 +189,11 @@ impl VerifiedClient {
     }
 
     fn recheck(&self, state: &State, peer: SocketAddr) -> Verdict {
-        let verified =
-            state
-                .verifier
-                .verify_client_cert(&self.chain[0], &self.chain[1..], UnixTime::now());
-        let outcome = match verified {
-            Ok(_) => Ok(grant(&self.identity, state)),
+        let outcome = match verify(&self.chain, state) {
+            Ok(()) => Ok(grant(&self.identity, state)),
             Err(e) => {
-                let reason = classify_rustls(&e).label();
-                tracing::warn!(
-                    %peer,
-                    subject = %self.identity.subject,
-                    fingerprint = %self.identity.fingerprint_sha256,
-                    generation = state.generation,
-                    reason,
-                    error = %e,
-                    "open connection's client certificate refused by the reloaded state"
-                );
-                Err(reason)
+                log_refusal(&self.identity, state, peer, &e, RELOAD_REFUSED);
+                Err(classify_rustls(&e).label())
             }
         };
         Verdict {
@@ -194,6 +201,39 @@ impl VerifiedClient {
             outcome,
         }
     }
+}
+
+const RELOAD_REFUSED: &str = "open connection's client certificate refused by the reloaded state";
+const RESUMED_REFUSED: &str =
+    "resumed TLS session's client certificate refused by the current state";
+
+/// `state`'s verdict on a chain: the verifier of its handshakes, now.
+fn verify(chain: &[CertificateDer<'static>], state: &State) -> Result<(), rustls::Error> {
+    let (leaf, intermediates) = chain
+        .split_first()
+        .ok_or(rustls::Error::NoCertificatesPresented)?;
+    state
+        .verifier
+        .verify_client_cert(leaf, intermediates, UnixTime::now())
+        .map(|_| ())
+}
+
+fn log_refusal(
+    identity: &Identity,
+    state: &State,
+    peer: SocketAddr,
+    error: &rustls::Error,
+    why: &'static str,
+) {
+    tracing::warn!(
+        %peer,
+        subject = %identity.subject,
+        fingerprint = %identity.fingerprint_sha256,
+        generation = state.generation,
+        reason = classify_rustls(error).label(),
+        error = %error,
+        "{why}"
+    );
 }
 
 /// Maps the identity to roles under `state`.

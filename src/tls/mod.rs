@@ -1,13 +1,15 @@
 //! Everything TLS: reading certificates, keys and CRLs from disk (`load`),
 //! checking CRLs against the trusted CAs (`crl`), the client-certificate
-//! verifier and the meaning of its errors (`verify`), and the rustls
-//! `ServerConfig` with SNI certificate selection (`server`).
+//! verifier and the meaning of its errors (`verify`), the rustls
+//! `ServerConfig` with SNI certificate selection (`server`), and the
+//! session-ticket keys a fleet shares (`tickets`).
 //! Chain validation itself is rustls-webpki's; nothing here re-implements it.
 
 pub mod crl;
 pub mod load;
 pub mod pkcs12;
 pub mod server;
+pub mod tickets;
 pub mod verify;
 
 pub use load::{CertInfo, CertKind, CrlInfo, LoadError};

@@ -1,5 +1,6 @@
 //! The rustls `ServerConfig` of one state generation: protocol versions,
-//! ALPN, the client verifier, fresh resumption keys, and certificate
+//! ALPN, the client verifier, resumption keys (fresh, or the fleet's shared
+//! ones), and certificate
 //! selection by SNI. The resolver only looks into maps built at load time;
 //! the handshake never does I/O.
 
@@ -7,7 +8,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use rustls::server::danger::ClientCertVerifier;
-use rustls::server::{ClientHello, ResolvesServerCert, ServerSessionMemoryCache};
+use rustls::server::{ClientHello, ProducesTickets, ResolvesServerCert, ServerSessionMemoryCache};
 use rustls::sign::CertifiedKey;
 use rustls::ServerConfig;
 
@@ -62,12 +63,16 @@ impl ResolvesServerCert for ServerCerts {
 ///   refuses a ClientHello that does not offer null compression).
 /// - No 0-RTT early data (below), so no replayable requests upstream.
 ///
+/// `shared_tickets` is the fleet's ticketer (`listener.session_ticket_keys`);
+/// without it each generation makes its own random keys.
+///
 /// # Errors
 /// rustls refuses the protocol versions for the provider (never in practice).
 pub fn build_server_config(
     certs: Arc<ServerCerts>,
     verifier: Arc<dyn ClientCertVerifier>,
     min_version: TlsVersion,
+    shared_tickets: Option<Arc<dyn ProducesTickets>>,
 ) -> Result<Arc<ServerConfig>, rustls::Error> {
     let versions: &[&'static rustls::SupportedProtocolVersion] = match min_version {
         TlsVersion::V1_2 => &[&rustls::version::TLS13, &rustls::version::TLS12],
@@ -85,7 +90,15 @@ pub fn build_server_config(
     // sessions once full. Fresh keys and a fresh session-ID cache per
     // generation: a session from an older generation cannot resume under
     // the new trust settings (STYLE: resumption is a boundary).
-    config.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()?;
+    //
+    // Shared keys cross that boundary on purpose, so that a session resumes
+    // on any replica and across reloads; what keeps it safe is that every
+    // resumed session's chain is verified again under the current state
+    // before its first request (proxy::verified), as a full handshake's is.
+    config.ticketer = match shared_tickets {
+        Some(shared) => shared,
+        None => rustls::crypto::aws_lc_rs::Ticketer::new()?,
+    };
     config.session_storage = ServerSessionMemoryCache::new(SESSION_CACHE_SIZE);
     // No 0-RTT: replayable requests must not reach the upstream.
     config.max_early_data_size = 0;

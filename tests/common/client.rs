@@ -103,6 +103,12 @@ impl TestClient {
         let tcp = tokio::net::TcpStream::connect(addr)
             .await
             .map_err(|e| e.to_string())?;
+        self.connect_over(tcp).await
+    }
+
+    /// [`TestClient::connect`] over a TCP connection the caller opened (from
+    /// a chosen source address, or after writing a PROXY protocol header).
+    pub async fn connect_over(&self, tcp: tokio::net::TcpStream) -> Result<Conn, String> {
         let connector = tokio_rustls::TlsConnector::from(self.config.clone());
         let tls = connector
             .connect(ServerName::try_from("localhost").unwrap(), tcp)
@@ -238,6 +244,21 @@ impl Conn {
             Sender::H1(_) => None,
         }
     }
+}
+
+/// A TCP connection to `addr` from `source` (any loopback address works
+/// on Linux), so that a test can tell the client's address from a
+/// balancer's on one machine.
+pub async fn tcp_from(source: std::net::IpAddr, addr: SocketAddr) -> tokio::net::TcpStream {
+    let socket = match source {
+        std::net::IpAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
+        std::net::IpAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
+    }
+    .expect("socket");
+    socket
+        .bind(SocketAddr::new(source, 0))
+        .expect("bind source address");
+    socket.connect(addr).await.expect("connect")
 }
 
 // ------------------------------------------- server certificate rotation ----
