@@ -22,6 +22,12 @@
 #   h1_keepalive, h2   CONNS keep-alive HTTP/1.1 connections; HTTP/2 with
 #                      CONNS/4 connections x 4 streams (oha; ROUNDS interleaved
 #                      runs per target, medians reported);
+#   grpc_1conn, grpc   unary gRPC calls (POST of a length-prefixed message,
+#                      content-type application/grpc, te: trailers) over one
+#                      HTTP/2 connection x 8 streams, and over CONNS/4 x 4;
+#                      certgate with upstream.protocol = "http2", nginx with
+#                      grpc_pass, both to an h2c upstream (nginx answering a
+#                      gRPC-framed reply with a grpc-status trailer);
 #   latency            p50/p99 at RATE req/s over 8 connections for 2 x DURATION:
 #                      upstream direct vs through each gateway;
 #   idle_memory        VmRSS per idle mTLS connection with IDLE_CONNS open
@@ -49,7 +55,7 @@ CONNS=${CONNS:-32}
 RATE=${RATE:-1000}
 IDLE_CONNS=${IDLE_CONNS:-10000}
 ROUNDS=${ROUNDS:-3} # keep-alive HTTP/1.1 and HTTP/2 runs per target, interleaved; medians reported
-SCENARIOS=${SCENARIOS:-hs_rsa hs_ecdsa hs_oha_default h1_keepalive h2 latency idle_memory}
+SCENARIOS=${SCENARIOS:-hs_rsa hs_ecdsa hs_oha_default h1_keepalive h2 grpc latency idle_memory}
 CLK_TCK=$(getconf CLK_TCK)
 RESULTS=$OUT/results.jsonl
 
@@ -102,7 +108,7 @@ ensure_packages() { # commands (each from the Debian package of the same name)
 build() {
     log "building certgate and the load client (release)"
     (cd "$ROOT" && cargo build --release --bin certgate --quiet)
-    CERTGATE=$ROOT/target/release/certgate
+    CERTGATE=${CARGO_TARGET_DIR:-$ROOT/target}/release/certgate
     LOADCLIENT=$(cd "$ROOT" && cargo bench --no-run --bench loadclient --message-format=json 2>/dev/null |
         python3 -c 'import json,sys
 for line in sys.stdin:
@@ -217,8 +223,14 @@ start_nginx() { # name: runs $RUN/<name>/nginx.conf; sets PID[name]
     PID[$name]=$!
 }
 
+# The gRPC reply of the h2c upstream: one length-prefixed message (no
+# compression, 5 bytes "hello"). nginx takes the NUL bytes of `return` text
+# as they are.
+GRPC_REPLY='\x00\x00\x00\x00\x05hello'
+
 start_upstream() {
     UP_PORT=$(free_port)
+    GRPC_UP_PORT=$(free_port)
     mkdir -p "$RUN/upstream"
     {
         nginx_common "$RUN/upstream"
@@ -234,11 +246,26 @@ $(nginx_temp_paths "$RUN/upstream")
         # What the gateway told us, so the harness can check both forward alike.
         location / { return 200 "subject=\$http_x_client_subject roles=\$http_x_client_roles\n"; }
     }
+    # gRPC over h2c: any call gets the same message and grpc-status 0 in
+    # the trailers, with the identity it was sent (for check_grpc).
+    server {
+        listen 127.0.0.1:$GRPC_UP_PORT http2 backlog=4096;
+        location / {
+            default_type application/grpc;
+            add_trailer grpc-status 0 always;
+            add_trailer x-seen-subject \$http_x_client_subject always;
+            add_trailer x-seen-roles \$http_x_client_roles always;
+            return 200 "@GRPC_REPLY@";
+        }
+    }
 }
 EOF
-    } >"$RUN/upstream/nginx.conf"
+    } >"$RUN/upstream/nginx.conf.in"
+    python3 -c 'import sys; t = open(sys.argv[1], "rb").read(); open(sys.argv[2], "wb").write(t.replace(b"@GRPC_REPLY@", sys.argv[3].encode().decode("unicode_escape").encode("latin-1")))' \
+        "$RUN/upstream/nginx.conf.in" "$RUN/upstream/nginx.conf" "$GRPC_REPLY"
     start_nginx upstream
     wait_port "$UP_PORT"
+    wait_port "$GRPC_UP_PORT"
 }
 
 start_nginx_gateway() { # pki dir
@@ -260,6 +287,11 @@ $(nginx_temp_paths "$dir")
     }
     upstream backend {
         server 127.0.0.1:$UP_PORT;
+        keepalive 64;
+        keepalive_requests 100000000;
+    }
+    upstream grpc_backend {
+        server 127.0.0.1:$GRPC_UP_PORT;
         keepalive 64;
         keepalive_requests 100000000;
     }
@@ -290,6 +322,21 @@ $(nginx_temp_paths "$dir")
             proxy_set_header X-Forwarded-Proto https;
             proxy_set_header X-Request-Id \$request_id;
         }
+        # certgate: [[authorization.rule]] path = "/certgate.bench.Echo", methods = POST, roles = ["ROLE_USER"]
+        location /certgate.bench.Echo/ {
+            limit_except POST { deny all; }
+            if (\$client_roles = "") { return 403; }
+            grpc_pass grpc://grpc_backend;
+            grpc_set_header X-Client-Subject \$ssl_client_s_dn;
+            grpc_set_header X-Client-Issuer \$ssl_client_i_dn;
+            grpc_set_header X-Client-Serial \$ssl_client_serial;
+            grpc_set_header X-Client-Fingerprint \$ssl_client_fingerprint;
+            grpc_set_header X-Client-Not-After \$ssl_client_v_end;
+            grpc_set_header X-Client-Roles \$client_roles;
+            grpc_set_header X-Forwarded-For \$remote_addr;
+            grpc_set_header X-Forwarded-Proto https;
+            grpc_set_header X-Request-Id \$request_id;
+        }
         location / { return 403; }
     }
 }
@@ -299,8 +346,8 @@ EOF
     wait_port "$NG_PORT"
 }
 
-start_certgate() { # name, pki dir, worker threads ("" = runtime default)
-    local name=$1 pki=$2 threads=$3 dir=$RUN/$1 port admin
+start_certgate() { # name, pki dir, worker threads ("" = runtime default), [upstream url, upstream protocol]
+    local name=$1 pki=$2 threads=$3 url=${4:-http://127.0.0.1:$UP_PORT} protocol=${5:-} dir=$RUN/$1 port admin
     mkdir -p "$dir"
     port=$(free_port)
     admin=$(free_port)
@@ -319,7 +366,8 @@ trusted_cas = ["$pki/ca.pem"]
 crls = ["$pki/crl.pem"]
 
 [upstream]
-url = "http://127.0.0.1:$UP_PORT"
+url = "$url"
+${protocol:+protocol = \"$protocol\"}
 
 [[roles.map]]
 cn = "user"
@@ -332,6 +380,11 @@ default = "deny"
 [[authorization.rule]]
 path = "/api"
 methods = ["GET", "HEAD"]
+roles = ["ROLE_USER"]
+
+[[authorization.rule]]
+path = "/certgate.bench.Echo"
+methods = ["POST"]
 roles = ["ROLE_USER"]
 
 [admin]
@@ -438,7 +491,7 @@ oha_tls() { # pki target extra-args...: oha against a gateway, JSON on stdout
     shift 2
     env -u TOKIO_WORKER_THREADS "$OHA" --no-tui --output-format json -z "${DURATION}s" \
         --cacert "$pki/ca.pem" --cert "$pki/user.pem" --key "$pki/user.key" \
-        "$@" "https://localhost:$(target_port "$target")/api/bench"
+        "$@" "https://localhost:$(target_port "$target")${OHA_PATH:-/api/bench}"
 }
 
 loadclient() { # mode pki target extra-args...
@@ -458,6 +511,54 @@ check_forwarding() { # pki: both gateways must answer 200 and forward the same i
         [[ -z $first || $body == "$first" ]] || die "the gateways forward different identities"
         first=$body
     done
+}
+
+# A real gRPC client (grpcio, from the test venv) through both gateways:
+# the call must end OK with the upstream's message, and the upstream must
+# have seen the same identity from both (it echoes it in its trailers).
+# oha counts every HTTP 200 as a success, and a gRPC error is an HTTP 200
+# too, so this is what shows the measured calls are real ones.
+check_grpc() { # pki
+    local pki=$1 target seen first=""
+    for target in cg1 nginx; do
+        seen=$("$ROOT/target/test-venv/bin/python" - "$pki" "$(target_port "$target")" <<'EOF'
+import sys
+import grpc
+pki, port = sys.argv[1:]
+read = lambda name: open(f"{pki}/{name}", "rb").read()
+credentials = grpc.ssl_channel_credentials(read("ca.pem"), read("user.key"), read("user.pem"))
+options = [("grpc.ssl_target_name_override", "localhost")]
+with grpc.secure_channel(f"127.0.0.1:{port}", credentials, options=options) as channel:
+    reply, call = channel.unary_unary("/certgate.bench.Echo/Unary").with_call(b"hello", timeout=5)
+    trailers = dict(call.trailing_metadata())
+    print("reply=%s subject=%s roles=%s" % (reply.decode(), trailers.get("x-seen-subject"), trailers.get("x-seen-roles")))
+EOF
+        ) || die "$target: the gRPC check call failed"
+        log "  $target gRPC: $seen"
+        [[ $seen == "reply=hello "*"roles=ROLE_USER" ]] || die "$target: unexpected gRPC reply or identity"
+        [[ -z $first || $seen == "$first" ]] || die "the gateways forward different identities over gRPC"
+        first=$seen
+    done
+}
+
+grpc_scenarios() { # pki
+    local pki=$1 t upstream="http://127.0.0.1:$GRPC_UP_PORT"
+    local calls=(--http2 -m POST -H "content-type: application/grpc" -H "te: trailers" -D "$RUN/grpc-request.bin")
+    printf "$GRPC_REPLY" >"$RUN/grpc-request.bin"
+    log "gRPC: certgate with upstream.protocol = \"http2\", nginx with grpc_pass"
+    start_certgate cg1 "$pki" 1 "$upstream" http2
+    start_certgate cgN "$pki" "" "$upstream" http2
+    start_nginx_gateway "$pki"
+    check_grpc "$pki"
+    for _ in $(seq "$ROUNDS"); do
+        for t in cg1 nginx cgN; do
+            OHA_PATH=/certgate.bench.Echo/Unary measure grpc_1conn "$t" oha oha_tls "$pki" "$t" "${calls[@]}" -c 1 -p 8
+        done
+        for t in cg1 nginx cgN; do
+            OHA_PATH=/certgate.bench.Echo/Unary measure grpc "$t" oha oha_tls "$pki" "$t" "${calls[@]}" -c $((CONNS / 4)) -p 4
+        done
+    done
+    gateways_down
 }
 
 gateways_up() { # pki
@@ -550,6 +651,8 @@ names = {
     "hs_oha_default": "new conn per req, oha defaults (resumes, X25519MLKEM768 offered)",
     "h1_keepalive": "HTTP/1.1 keep-alive",
     "h2": "HTTP/2",
+    "grpc_1conn": "gRPC unary, 1 HTTP/2 connection x 8 streams",
+    "grpc": "gRPC unary, {C} HTTP/2 connections x 4 streams",
 }
 for sc, label in names.items():
     cg1, ng, cgn = by.get((sc, "cg1")), by.get((sc, "nginx")), by.get((sc, "cgN"))
@@ -739,6 +842,9 @@ prepare() {
     mkdir -p "$RUN/raw"
     start_oha_install
     ensure_packages nginx openssl python3 curl
+    if want grpc; then
+        "$ROOT/tests/fixtures/python/setup" # grpcio, for check_grpc
+    fi
     if [[ ${1:-} == profile ]]; then
         ensure_packages strace valgrind
     fi
@@ -797,6 +903,10 @@ compare() {
     fi
     gateways_down
 
+    if want grpc; then
+        grpc_scenarios "$ecdsa"
+    fi
+
     if want idle_memory; then
         log "idle memory: $IDLE_CONNS connections against fresh processes"
         for variant in one distinct; do
@@ -814,8 +924,8 @@ compare() {
         done
     fi
 
-    report "$machine" | sed "s/{N}/$n/g"
-    sed -i "s/{N}/$n/g" "$OUT/results.md"
+    report "$machine" | sed "s/{N}/$n/g; s/{C}/$((CONNS / 4))/g"
+    sed -i "s/{N}/$n/g; s/{C}/$((CONNS / 4))/g" "$OUT/results.md"
 }
 
 main() {

@@ -147,6 +147,10 @@ fn handshake_configs(kind: KeyKind) -> (Arc<ServerConfig>, Arc<ClientConfig>) {
         unknown_revocation: RevocationFallback::Allow,
         crl_scope: CrlScope::Chain,
         expired_crl: RevocationFallback::Allow,
+        crl_urls: vec![],
+        crl_refresh: Duration::from_secs(3600),
+        crl_cache_dir: None,
+        ocsp: certgate::config::OcspMode::Off,
     };
     let verifier =
         build_client_verifier(std::slice::from_ref(&ca.der), vec![crl], &policy).expect("verifier");

@@ -75,6 +75,7 @@ fn route(
     }
     match req.uri().path() {
         "/metrics" => {
+            gw.metrics.requests.publish_endpoints(&gw.state().upstreams);
             let mut resp = text(StatusCode::OK, &gw.metrics.render());
             resp.headers_mut().insert(
                 header::CONTENT_TYPE,

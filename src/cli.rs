@@ -44,6 +44,9 @@ enum Command {
         /// valid or expiring within 7 days, and for a CRL past its nextUpdate.
         #[arg(long)]
         strict: bool,
+        /// Fetch the CRLs of client_auth.crl_urls now (else their cached copies are shown).
+        #[arg(long)]
+        online: bool,
     },
     /// Verify a client certificate as the gateway would and explain the decision.
     ///
@@ -100,9 +103,11 @@ pub fn main() -> ExitCode {
     };
     match cli.command {
         Command::Run { config } => daemon::run(&config::resolve_path(config.as_deref())),
-        Command::Check { config, strict } => {
-            check(&config::resolve_path(config.as_deref()), strict)
-        }
+        Command::Check {
+            config,
+            strict,
+            online,
+        } => check(&config::resolve_path(config.as_deref()), strict, online),
         Command::Explain {
             config,
             cert,
@@ -123,10 +128,15 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn check(path: &Path, strict: bool) -> ExitCode {
-    match inspect::check(path) {
-        Ok(checked) => {
-            print!("{}", inspect::summary(&checked.state));
+fn check(path: &Path, strict: bool, online: bool) -> ExitCode {
+    let checked = if online {
+        inspect::load_online(path).map(|(state, fetches)| (inspect::Checked::new(state), fetches))
+    } else {
+        inspect::check(path).map(|checked| (checked, String::new()))
+    };
+    match checked {
+        Ok((checked, fetches)) => {
+            print!("{fetches}{}", inspect::summary(&checked.state));
             print!("{}", inspect::warnings_report(&checked.warnings));
             if strict && !checked.warnings.is_empty() {
                 eprintln!(

@@ -14,8 +14,9 @@ use tokio_util::task::TaskTracker;
 use crate::config::Config;
 use crate::gateway::Gateway;
 use crate::metrics::Metrics;
+use crate::revocation::{self, Sources};
 use crate::state::State;
-use crate::{admin, logging, proxy, reload, systemd, tls};
+use crate::{admin, logging, proxy, refresh, reload, systemd, tls};
 
 pub const EXIT_RUNTIME: u8 = 1;
 pub const EXIT_CONFIG: u8 = 2;
@@ -66,7 +67,22 @@ pub async fn serve(config: Config, ready: Option<tokio::sync::oneshot::Sender<Bo
         }
     };
     let config_path = config.path.clone();
-    let state = match State::build(Arc::new(config), 1) {
+    let metrics = Metrics::new();
+    let sources = Arc::new(Sources::default());
+    // The HTTP client reads the system's root certificates once: here,
+    // before serving, rather than on a worker in the first OCSP check.
+    sources.http();
+    match revocation::crl::start(&sources, &config.client_auth).await {
+        Ok(outcomes) => {
+            refresh::count(&metrics, &outcomes);
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start without the CRLs of client_auth.crl_urls");
+            eprintln!("certgate: {e}");
+            return EXIT_CONFIG;
+        }
+    }
+    let state = match State::build_with(Arc::new(config), 1, sources, None) {
         Ok(s) => s,
         Err(e) => {
             tracing::error!(error = %e, "cannot load the files the configuration names");
@@ -87,11 +103,13 @@ pub async fn serve(config: Config, ready: Option<tokio::sync::oneshot::Sender<Bo
     };
     let bound = listener.local_addr().ok();
     let admin_bound = admin_listener.as_ref().and_then(|l| l.local_addr().ok());
-    let gw = Gateway::new(state, Metrics::new());
+    let gw = Gateway::new(state, metrics);
 
     let (hup_tx, hup_rx) = mpsc::channel(1);
+    let (sources_tx, sources_rx) = mpsc::channel(1);
     tokio::spawn(forward_sighup(sighup, gw.clone(), hup_tx));
-    tokio::spawn(reload::run(gw.clone(), config_path, hup_rx));
+    tokio::spawn(reload::run(gw.clone(), config_path, hup_rx, sources_rx));
+    tokio::spawn(refresh::run(gw.clone(), sources_tx));
     let verified_clients = Arc::new(proxy::VerifiedClients::default());
     if let Some(admin_listener) = admin_listener {
         tracing::info!(address = %admin_bound.map(|a| a.to_string()).unwrap_or_default(), "admin listener ready");

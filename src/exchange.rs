@@ -140,16 +140,27 @@ impl Progress {
 pub struct RequestBody {
     inner: Incoming,
     progress: Arc<Progress>,
+    /// Rewrites the client's trailer fields before they go upstream (the
+    /// proxy strips what a client may not send, as it does in the head).
+    trailers: fn(&mut http::HeaderMap),
 }
 
 impl RequestBody {
     /// `inner`, reporting into `progress`, which it marks done at once
     /// when there is no body.
-    pub fn new(inner: Incoming, progress: Arc<Progress>) -> RequestBody {
+    pub fn new(
+        inner: Incoming,
+        progress: Arc<Progress>,
+        trailers: fn(&mut http::HeaderMap),
+    ) -> RequestBody {
         if inner.is_end_stream() {
             progress.request_body_ended(false);
         }
-        RequestBody { inner, progress }
+        RequestBody {
+            inner,
+            progress,
+            trailers,
+        }
     }
 
     fn ended(&mut self, failed: bool) {
@@ -171,8 +182,13 @@ impl Body for RequestBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = self.get_mut();
-        let frame = std::task::ready!(Pin::new(&mut this.inner).poll_frame(cx));
+        let mut frame = std::task::ready!(Pin::new(&mut this.inner).poll_frame(cx));
         this.progress.touch();
+        if let Some(Ok(frame)) = frame.as_mut() {
+            if let Some(trailers) = frame.trailers_mut() {
+                (this.trailers)(trailers);
+            }
+        }
         // hyper marks its side done before handing out the last data frame
         // of a sized body, or before the trailers or end of a chunked one.
         match &frame {

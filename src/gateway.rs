@@ -26,6 +26,9 @@ pub struct Gateway {
     state: ArcSwap<State>,
     pub metrics: Arc<Metrics>,
     draining: watch::Sender<bool>,
+    /// The generation of the state now serving, for what must hear of a
+    /// reload at once (connections whose certificate it may refuse).
+    installed: watch::Sender<u64>,
     request_id_prefix: u64,
     request_counter: AtomicU64,
     reload_status: Mutex<ReloadStatus>,
@@ -34,6 +37,7 @@ pub struct Gateway {
 impl Gateway {
     pub fn new(state: State, metrics: Arc<Metrics>) -> Arc<Gateway> {
         metrics.state_installed(&state);
+        state.upstreams.start_health_checks();
         let mut prefix = [0u8; 8];
         // A random per-process prefix keeps request ids unique across restarts.
         let _ = aws_lc_rs::rand::fill(&mut prefix);
@@ -42,6 +46,7 @@ impl Gateway {
                 last_success_unix: Some(state.loaded_at_unix),
                 ..ReloadStatus::default()
             }),
+            installed: watch::channel(state.generation).0,
             state: ArcSwap::from_pointee(state),
             metrics,
             draining: watch::channel(false).0,
@@ -61,8 +66,10 @@ impl Gateway {
     /// `/status` is already the one new handshakes and requests get.
     pub fn install(&self, state: State) {
         let state = Arc::new(state);
+        state.upstreams.start_health_checks();
         self.state.store(state.clone());
         self.metrics.state_installed(&state);
+        self.installed.send_replace(state.generation);
         let mut status = self.reload_status.lock().expect("status lock poisoned");
         status.last_attempt_unix = Some(state.loaded_at_unix);
         status.last_success_unix = Some(state.loaded_at_unix);
@@ -94,6 +101,11 @@ impl Gateway {
     pub async fn drain_started(&self) {
         let mut rx = self.draining.subscribe();
         let _ = rx.wait_for(|d| *d).await.map(|_| ());
+    }
+
+    /// Sees every state installed from now on.
+    pub fn state_installs(&self) -> watch::Receiver<u64> {
+        self.installed.subscribe()
     }
 
     /// 32 lowercase hex digits: the process prefix, then a counter.

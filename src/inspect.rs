@@ -14,6 +14,7 @@ use crate::config::{Config, RevocationFallback, TlsVersion};
 use crate::identity::Identity;
 use crate::policy::{normalize_path, AuthzDefault, Decision, Roles, Route};
 use crate::proxy::{self, Verdict};
+use crate::revocation::{crl, ocsp, Sources};
 use crate::state::{LoadFailure, State, StateWarning};
 use crate::tls::{load, verify::classify_rustls, CertKind};
 
@@ -36,6 +37,14 @@ pub struct Checked {
     pub warnings: Vec<StateWarning>,
 }
 
+impl Checked {
+    /// `state` with what needs attention in it now.
+    pub fn new(state: State) -> Checked {
+        let warnings = state.warnings(crate::clock::unix_now());
+        Checked { state, warnings }
+    }
+}
+
 /// Loads as [`load`] does, but reports every problem in one pass: the files
 /// are read even when settings are invalid (with the settings' safe
 /// stand-ins), so that a wrong key does not hide a missing file.
@@ -54,10 +63,7 @@ pub fn check(path: &Path) -> Result<Checked, LoadFailure> {
         problems: settings,
     };
     let files = match built {
-        Ok(state) if settings.problems.is_empty() => {
-            let warnings = state.warnings(crate::clock::unix_now());
-            return Ok(Checked { state, warnings });
-        }
+        Ok(state) if settings.problems.is_empty() => return Ok(Checked::new(state)),
         Ok(_) => Vec::new(),
         Err(LoadFailure::Files { problems, .. }) => problems,
         Err(other) => return Err(other),
@@ -78,6 +84,43 @@ pub fn check(path: &Path) -> Result<Checked, LoadFailure> {
     Err(LoadFailure::SettingsAndFiles { settings, files })
 }
 
+/// As [`load`], with the CRLs of `client_auth.crl_urls` fetched now (as
+/// `run` does at start: a URL that fails falls back to its cached copy);
+/// also returns a line per URL saying how its fetch went.
+///
+/// # Errors
+/// Every problem with the config keys or the files; a URL with neither a
+/// fetched nor a cached CRL is reported as a problem of the config file.
+pub fn load_online(path: &Path) -> Result<(State, String), LoadFailure> {
+    crate::tls::install_provider();
+    let config = Arc::new(Config::load(path)?);
+    let sources = Arc::new(Sources::default());
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| files_problem(&config.path, e.to_string()))?;
+    let outcomes = runtime
+        .block_on(crl::start(&sources, &config.client_auth))
+        .map_err(|e| files_problem(&config.path, e.to_string()))?;
+    let mut report = String::new();
+    for outcome in outcomes {
+        let result = match &outcome.result {
+            Ok(r) => r.label().to_owned(),
+            Err(e) => format!("error ({e}); using the cached copy"),
+        };
+        let _ = writeln!(report, "crl fetch {}: {result}", outcome.url);
+    }
+    drop(runtime);
+    Ok((State::build_with(config, 1, sources, None)?, report))
+}
+
+fn files_problem(config: &Path, reason: String) -> LoadFailure {
+    LoadFailure::Files {
+        config: config.to_path_buf(),
+        problems: vec![load::LoadError::new(config, reason)],
+    }
+}
+
 /// The summary `check` prints for a valid configuration.
 pub fn summary(state: &State) -> String {
     let cfg = &state.config;
@@ -96,7 +139,7 @@ pub fn summary(state: &State) -> String {
         "listener: {} (TLS >= {tls}), admin: {admin}",
         cfg.listener.address
     );
-    let _ = writeln!(out, "upstream: {}", cfg.upstream.url);
+    upstreams_report(cfg, &mut out);
     certificates_report(state, &mut out);
     crls_report(state, &mut out);
     let _ = writeln!(
@@ -117,6 +160,32 @@ pub fn summary(state: &State) -> String {
         let _ = writeln!(out, "  rule[{i}]: {}", describe_route(r));
     }
     out
+}
+
+/// Each upstream with its protocol and endpoints, then the routes.
+fn upstreams_report(cfg: &Config, out: &mut String) {
+    for u in std::iter::once(&cfg.upstream).chain(&cfg.upstreams) {
+        let health = match &u.health_check_path {
+            Some(path) => format!("health check GET {path} every {:?}", u.health_interval),
+            None => "passive health".to_owned(),
+        };
+        let _ = writeln!(
+            *out,
+            "upstream {}: {} ({}), endpoints {}, {health}",
+            u.name,
+            u.url,
+            u.protocol.describe(u.is_https()),
+            u.addresses().join(", ")
+        );
+    }
+    for (i, r) in cfg.routes.iter().enumerate() {
+        let host = r
+            .host
+            .as_deref()
+            .map(|h| format!(" host {h}"))
+            .unwrap_or_default();
+        let _ = writeln!(*out, "  route[{i}]: {}{host} -> {}", r.path, r.upstream);
+    }
 }
 
 fn certificates_report(state: &State, out: &mut String) {
@@ -155,12 +224,26 @@ fn crls_report(state: &State, out: &mut String) {
     for crl in &state.crls {
         let _ = writeln!(
             *out,
-            "  {}: {} revoked, next_update={}  ({})",
+            "  {}: {} revoked, this_update={} next_update={}  ({})",
             crl.issuer,
             crl.revoked,
+            crl.this_update,
             crl.next_update.as_deref().unwrap_or("none"),
-            crl.file.display()
+            crl.source()
         );
+    }
+    for url in &cfg.client_auth.crl_urls {
+        let url = url.to_string();
+        if !state
+            .crls
+            .iter()
+            .any(|c| c.url.as_deref() == Some(url.as_str()))
+        {
+            let _ = writeln!(
+                *out,
+                "  {url}: no cached copy (`check --online` fetches it; `run` fails to start without it)"
+            );
+        }
     }
     if state.crls.is_empty() {
         let _ = writeln!(*out, "  none (revocation is not checked)");
@@ -267,6 +350,7 @@ pub fn explain(
             "chain:       REFUSED ({}): {e}",
             classify_rustls(&e).label()
         );
+        revocation_report(state, &identity, &chain[0], &mut out);
         let _ = writeln!(out, "decision:    DENY (the handshake would fail)");
         return Ok(Explanation {
             report: out,
@@ -283,6 +367,7 @@ pub fn explain(
             .count(),
         state.crls.len()
     );
+    revocation_report(state, &identity, &chain[0], &mut out);
 
     let roles = roles_report(state, &identity, &mut out);
 
@@ -291,6 +376,11 @@ pub fn explain(
     let (allowed, line) = match normalize_path(path, state.config.listener.path_parameters) {
         Ok(normalized) => {
             let _ = writeln!(out, "request:     {method} {}", normalized.path);
+            let upstream = match state.upstreams.for_request(&normalized.path, None) {
+                (u, Some(route)) => format!("{} (route {})", u.name(), route.path),
+                (u, None) => format!("{} (no route covers the path)", u.name()),
+            };
+            let _ = writeln!(out, "upstream:    {upstream}");
             decide(state, &normalized.path, &method, &roles)
         }
         Err(e) => {
@@ -303,6 +393,37 @@ pub fn explain(
         report: out,
         allowed,
     })
+}
+
+/// Where the revocation answer for the leaf comes from: each CRL of its
+/// issuer (file or URL, with its thisUpdate), or none; and, with
+/// `client_auth.ocsp`, the responder the gateway would ask.
+fn revocation_report(state: &State, identity: &Identity, leaf: &[u8], out: &mut String) {
+    let mut any = false;
+    for crl in state.crls.iter().filter(|c| c.issuer == identity.issuer) {
+        any = true;
+        let _ = writeln!(
+            *out,
+            "revocation:  CRL {} (this_update={}, {} revoked)",
+            crl.source(),
+            crl.this_update,
+            crl.revoked
+        );
+    }
+    if !any {
+        let _ = writeln!(*out, "revocation:  no CRL of the issuer is loaded");
+    }
+    if state.config.client_auth.ocsp != crate::config::OcspMode::Off {
+        let responder = ocsp::responder_url(leaf);
+        let _ = writeln!(
+            *out,
+            "ocsp:        {} (asked before the first request; explain does not ask)",
+            responder.as_deref().map_or_else(
+                || "the certificate names no responder".to_owned(),
+                |r| format!("responder {r}")
+            )
+        );
+    }
 }
 
 /// The roles `identity` holds under `state`, with the rules that granted

@@ -31,11 +31,14 @@ pub enum Trigger {
     Files,
     /// SIGHUP: always rebuilds.
     Signal,
+    /// A fetched CRL or OCSP staple changed: always rebuilds.
+    Sources,
 }
 
 /// Takes the digest of the files as they are now and arms the file watcher,
 /// then returns the reload loop, which runs until the process exits.
-/// `signals` delivers SIGHUP triggers. The arming happens in this call,
+/// `signals` delivers SIGHUP triggers, `sources` the refreshers' (a
+/// fetched CRL or staple changed). The arming happens in this call,
 /// before the caller reports the daemon ready, so that a file replaced right
 /// after readiness raises an event; a change between the digest and the
 /// arming still differs from the digest and is found by the poll.
@@ -43,6 +46,7 @@ pub fn run(
     gw: Arc<Gateway>,
     config_path: PathBuf,
     signals: mpsc::Receiver<()>,
+    sources: mpsc::Receiver<()>,
 ) -> impl std::future::Future<Output = ()> + Send + 'static {
     let started = gw.state().config.clone();
     let reloader = Reloader {
@@ -55,7 +59,7 @@ pub fn run(
     let (events_tx, events) = mpsc::channel::<()>(1);
     let mut watch = WatchSet::new(events_tx);
     watch.rearm(&started, started.reload.watch);
-    reload_loop(reloader, watch, events, signals)
+    reload_loop(reloader, watch, events, signals, sources)
 }
 
 async fn reload_loop(
@@ -63,6 +67,7 @@ async fn reload_loop(
     mut watch: WatchSet,
     mut events: mpsc::Receiver<()>,
     mut signals: mpsc::Receiver<()>,
+    mut sources: mpsc::Receiver<()>,
 ) {
     loop {
         let cfg = reloader.current_config();
@@ -73,6 +78,7 @@ async fn reload_loop(
                 Trigger::Files
             }
             Some(()) = signals.recv() => Trigger::Signal,
+            Some(()) = sources.recv() => Trigger::Sources,
             _ = poll => Trigger::Files,
         };
         // File reads, digests, PKCS#12 key derivation and the native
@@ -140,7 +146,7 @@ impl Reloader {
             return;
         }
         crate::systemd::reloading();
-        let result = self.build(current.generation + 1);
+        let result = self.build(&current);
         match result {
             Ok(state) => {
                 // Remember the digest taken before the build: the state is
@@ -176,7 +182,7 @@ impl Reloader {
         crate::systemd::ready(&self.gw.state());
     }
 
-    fn build(&self, generation: u64) -> Result<State, LoadFailure> {
+    fn build(&self, current: &State) -> Result<State, LoadFailure> {
         let mut config = Config::load(&self.config_path)?;
         let running = &self.started;
         if config.listener.address != running.listener.address {
@@ -198,7 +204,12 @@ impl Reloader {
         if config.listener.max_connections != running.listener.max_connections {
             tracing::warn!("listener.max_connections changed: applies after a restart");
         }
-        State::build(Arc::new(config), generation)
+        State::build_with(
+            Arc::new(config),
+            current.generation + 1,
+            current.sources.clone(),
+            Some(current),
+        )
     }
 }
 

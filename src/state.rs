@@ -15,8 +15,9 @@ use rustls::ServerConfig;
 
 use crate::config::{CertSource, Config, ConfigError};
 use crate::policy::{Authorizer, RoleMapper};
+use crate::revocation::{self, Sources};
 use crate::tls::{self, load, CertInfo, CertKind, CrlInfo, LoadError, ServerCerts};
-use crate::upstream::Upstream;
+use crate::upstream::Upstreams;
 
 pub struct State {
     pub generation: u64,
@@ -27,13 +28,31 @@ pub struct State {
     pub verifier: Arc<dyn ClientCertVerifier>,
     pub roles: RoleMapper,
     pub authz: Authorizer,
-    pub upstream: Arc<Upstream>,
+    pub upstreams: Upstreams,
     pub certs: Vec<CertInfo>,
     pub crls: Vec<CrlInfo>,
     /// Subjects of the trusted CAs that no loaded CRL is issued by.
     /// What the CRLs cover, for `check`.
     pub crl_coverage: tls::crl::CrlCoverage,
     pub loaded_at_unix: i64,
+    /// The trusted client CAs: issuers for OCSP requests about leaves that
+    /// the client sent without their issuer.
+    pub trusted_cas: Vec<CertificateDer<'static>>,
+    /// The served certificates, for the stapling refresher.
+    pub server_certs: Arc<ServerCerts>,
+    /// The OCSP responses stapled in this generation.
+    pub staples: Vec<StapleInfo>,
+    /// Fetched CRLs, staples and OCSP answers: shared by every generation.
+    pub sources: Arc<Sources>,
+}
+
+/// An OCSP response stapled to a served certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StapleInfo {
+    pub subject: String,
+    pub responder: String,
+    /// Its nextUpdate (or, without one, when it is refreshed at the latest).
+    pub valid_until_unix: i64,
 }
 
 impl std::fmt::Debug for State {
@@ -112,8 +131,19 @@ impl State {
     ///
     /// # Errors
     /// The [`LoadFailure`] that says what is wrong with which file.
+    /// CRLs of `client_auth.crl_urls` come from `crl_cache_dir`, as a
+    /// start that cannot reach them would use.
     pub fn load(path: &Path, generation: u64) -> Result<State, LoadFailure> {
-        State::build(Arc::new(Config::load(path)?), generation)
+        let config = Arc::new(Config::load(path)?);
+        let sources = Arc::new(Sources::default());
+        for url in &config.client_auth.crl_urls {
+            if let Some(Ok(crl)) =
+                revocation::crl::read_cache(&config.client_auth, &url.to_string())
+            {
+                sources.set_crl(crl);
+            }
+        }
+        State::build_with(config, generation, sources, None)
     }
 
     /// Reads every file the config names and builds a complete state.
@@ -124,12 +154,30 @@ impl State {
     /// bundle, a CRL rustls refuses or that does not verify against a
     /// trusted CA).
     pub fn build(config: Arc<Config>, generation: u64) -> Result<State, LoadFailure> {
+        State::build_with(config, generation, Arc::new(Sources::default()), None)
+    }
+
+    /// As [`State::build`], with the CRLs and staples fetched so far:
+    /// fetched CRLs join the CRL files, staples the served certificates.
+    /// Upstreams that `previous` has with the same settings and files are
+    /// kept, with their pooled connections.
+    ///
+    /// # Errors
+    /// As [`State::build`].
+    pub fn build_with(
+        config: Arc<Config>,
+        generation: u64,
+        sources: Arc<Sources>,
+        previous: Option<&State>,
+    ) -> Result<State, LoadFailure> {
         let mut problems = Vec::new();
         let mut certs = Vec::new();
-        let server_certs = load_server_certs(&config, &mut certs, &mut problems);
-        let client_auth = load_client_auth(&config, &mut certs, &mut problems);
-        let upstream = Upstream::build(&config.upstream)
-            .map_err(|e| problems.push(e))
+        let mut staples = Vec::new();
+        let server_certs =
+            load_server_certs(&config, &sources, &mut certs, &mut staples, &mut problems);
+        let client_auth = load_client_auth(&config, &sources, &mut certs, &mut problems);
+        let upstreams = Upstreams::build(&config, previous.map(|p| &p.upstreams))
+            .map_err(|e| problems.extend(e))
             .ok();
         let shared_tickets = load_ticket_keys(&config, &mut problems);
 
@@ -137,13 +185,14 @@ impl State {
             config: config.path.clone(),
             problems,
         };
-        let (Some(server_certs), Some(client_auth), Some(upstream), true) =
-            (server_certs, client_auth, upstream, problems.is_empty())
+        let (Some(server_certs), Some(client_auth), Some(upstreams), true) =
+            (server_certs, client_auth, upstreams, problems.is_empty())
         else {
             return Err(files_failed(problems));
         };
+        let server_certs = Arc::new(server_certs);
         let tls = tls::build_server_config(
-            Arc::new(server_certs),
+            server_certs.clone(),
             client_auth.verifier.clone(),
             config.listener.min_tls_version,
             shared_tickets,
@@ -159,11 +208,15 @@ impl State {
             ),
             tls,
             verifier: client_auth.verifier,
-            upstream: Arc::new(upstream),
+            upstreams,
             certs,
             crls: client_auth.crls,
             crl_coverage: client_auth.coverage,
             loaded_at_unix: crate::clock::unix_now(),
+            trusted_cas: client_auth.cas,
+            server_certs,
+            staples,
+            sources,
             config,
         })
     }
@@ -231,17 +284,21 @@ impl State {
 /// default cannot be loaded (every failure is in `problems`).
 fn load_server_certs(
     config: &Config,
+    sources: &Sources,
     certs: &mut Vec<CertInfo>,
+    staples: &mut Vec<StapleInfo>,
     problems: &mut Vec<LoadError>,
 ) -> Option<ServerCerts> {
+    let mut staple = |ck| staple_to(ck, config, sources, staples);
     let default = load_server_cert(&config.server_tls.default, CertKind::Server, None, certs)
+        .map(&mut staple)
         .map_err(|e| problems.push(e))
         .ok();
     let mut by_name = HashMap::new();
     for sni in &config.server_tls.sni {
         match load_server_cert(&sni.source, CertKind::Sni, Some(&sni.server_name), certs) {
             Ok(ck) => {
-                by_name.insert(sni.server_name.clone(), ck);
+                by_name.insert(sni.server_name.clone(), staple(ck));
             }
             Err(e) => problems.push(e),
         }
@@ -252,17 +309,53 @@ fn load_server_certs(
     })
 }
 
+/// The served certificate with the OCSP response fetched for it, while
+/// that response is valid (`server_tls.ocsp_stapling`).
+fn staple_to(
+    ck: Arc<CertifiedKey>,
+    config: &Config,
+    sources: &Sources,
+    staples: &mut Vec<StapleInfo>,
+) -> Arc<CertifiedKey> {
+    if !config.server_tls.ocsp_stapling {
+        return ck;
+    }
+    let Some(answer) = ck
+        .end_entity_cert()
+        .ok()
+        .and_then(|leaf| sources.staple(&revocation::cert_key(leaf), crate::clock::unix_now()))
+    else {
+        return ck;
+    };
+    if let Some(id) = ck
+        .end_entity_cert()
+        .ok()
+        .and_then(|leaf| crate::identity::Identity::from_der(leaf).ok())
+    {
+        staples.push(StapleInfo {
+            subject: id.subject,
+            responder: answer.responder.clone(),
+            valid_until_unix: answer.valid_until_unix,
+        });
+    }
+    let mut stapled = CertifiedKey::clone(&ck);
+    stapled.ocsp = Some(answer.der.clone());
+    Arc::new(stapled)
+}
+
 /// What verifies client certificates: the trusted CAs and the CRLs.
 struct ClientAuth {
     verifier: Arc<dyn ClientCertVerifier>,
     crls: Vec<CrlInfo>,
     coverage: tls::crl::CrlCoverage,
+    cas: Vec<CertificateDer<'static>>,
 }
 
 /// The client verifier from the trusted CAs and CRLs; `None` when it cannot
 /// be built (every failure is in `problems`).
 fn load_client_auth(
     config: &Config,
+    sources: &Sources,
     certs: &mut Vec<CertInfo>,
     problems: &mut Vec<LoadError>,
 ) -> Option<ClientAuth> {
@@ -281,17 +374,31 @@ fn load_client_auth(
         certs.extend(load::cert_info(CertKind::ClientCa, None, file, der));
     }
     // Loaded even without CAs, so that their problems are reported too.
-    let crls = load::load_crls(&ca.crls)
+    let mut crls = load::load_crls(&ca.crls)
         .map_err(|e| problems.push(e))
         .unwrap_or_default();
     if cas.is_empty() {
         // Every CRL would look untrusted; the missing CAs are the problem.
         return None;
     }
-    let crl_infos = crls
+    let mut crl_infos: Vec<CrlInfo> = crls
         .iter()
         .filter_map(|(file, der)| load::crl_info(file, der))
         .collect();
+    // Fetched CRLs were verified when fetched; verified again below, with
+    // the files, against the CAs of this generation. A URL not fetched yet
+    // (added by this reload) joins when its first fetch installs it.
+    for url in &ca.crl_urls {
+        let url = url.to_string();
+        if let Some(fetched) = sources.crl(&url) {
+            let at = PathBuf::from(&url);
+            crl_infos.extend(load::crl_info(&at, &fetched.der).map(|info| CrlInfo {
+                url: Some(url.clone()),
+                ..info
+            }));
+            crls.push((at, fetched.der.clone()));
+        }
+    }
     let coverage = tls::crl::verify_crls(&crls, &cas)
         .map_err(|e| problems.extend(e))
         .unwrap_or_default();
@@ -311,6 +418,7 @@ fn load_client_auth(
         verifier,
         crls: crl_infos,
         coverage,
+        cas: ca_ders,
     })
 }
 

@@ -1013,11 +1013,11 @@ async fn unreachable_upstream_gives_502_and_the_gateway_keeps_serving() {
     let reply = conn.get("/anything").await.unwrap();
     assert_gateway_error(&reply, 502, "bad_gateway", "connection refused upstream");
     assert_eq!(
-        gw.metric("certgate_upstream_errors_total{kind=\"connect\"}"),
+        gw.metric("certgate_upstream_errors_total{kind=\"connect\",upstream=\"default\"}"),
         1.0
     );
     assert_eq!(
-        gw.metric("certgate_upstream_errors_total{kind=\"timeout\"}"),
+        gw.metric("certgate_upstream_errors_total{kind=\"timeout\",upstream=\"default\"}"),
         0.0
     );
     assert_eq!(gw.metric("certgate_requests_total{code=\"502\"}"), 1.0);

@@ -742,7 +742,7 @@ async fn slow_upstream_gets_504_near_upstream_timeout() {
         Duration::from_secs(3),
     );
     assert_eq!(
-        gw.metric("certgate_upstream_errors_total{kind=\"timeout\"}"),
+        gw.metric("certgate_upstream_errors_total{kind=\"timeout\",upstream=\"default\"}"),
         1.0
     );
     assert_serving(&mut gw, &setup, &leaf).await;

@@ -248,7 +248,10 @@ async fn traffic_moves_every_counter_under_the_right_label() {
         ("certgate_role_grants_total{role=\"ROLE_USER\"}", 2.0),
         ("certgate_role_grants_total{role=\"ROLE_ADMIN\"}", 1.0),
         ("certgate_role_grants_total{role=\"ROLE_AUDITOR\"}", 0.0),
-        ("certgate_upstream_errors_total{kind=\"connect\"}", 0.0),
+        (
+            "certgate_upstream_errors_total{kind=\"connect\",upstream=\"default\"}",
+            0.0,
+        ),
     ] {
         assert_metric(gw, sample, expected);
     }
@@ -514,28 +517,40 @@ async fn upstream_failures_are_counted_by_kind() {
     );
     assert_metric(
         &gw,
-        "certgate_upstream_errors_total{kind=\"protocol\"}",
+        "certgate_upstream_errors_total{kind=\"protocol\",upstream=\"default\"}",
         1.0,
     );
 
     mode.store(SILENT, Ordering::SeqCst);
     let silent = client.get(gw.addr, "/x").await.unwrap();
     assert_eq!(silent.status, 504);
-    assert_metric(&gw, "certgate_upstream_errors_total{kind=\"timeout\"}", 1.0);
+    assert_metric(
+        &gw,
+        "certgate_upstream_errors_total{kind=\"timeout\",upstream=\"default\"}",
+        1.0,
+    );
 
     // Closing the listener makes the next connect fail.
     listener_task.abort();
     let _ = listener_task.await;
     let down = client.get(gw.addr, "/x").await.unwrap();
     assert_eq!(down.status, 502);
-    assert_metric(&gw, "certgate_upstream_errors_total{kind=\"connect\"}", 1.0);
+    assert_metric(
+        &gw,
+        "certgate_upstream_errors_total{kind=\"connect\",upstream=\"default\"}",
+        1.0,
+    );
 
     assert_metric(
         &gw,
-        "certgate_upstream_errors_total{kind=\"protocol\"}",
+        "certgate_upstream_errors_total{kind=\"protocol\",upstream=\"default\"}",
         1.0,
     );
-    assert_metric(&gw, "certgate_upstream_errors_total{kind=\"timeout\"}", 1.0);
+    assert_metric(
+        &gw,
+        "certgate_upstream_errors_total{kind=\"timeout\",upstream=\"default\"}",
+        1.0,
+    );
     assert_metric(&gw, "certgate_requests_total{code=\"502\"}", 2.0);
     assert_metric(&gw, "certgate_requests_total{code=\"504\"}", 1.0);
     let request_id = down.json()["request_id"].as_str().unwrap().to_owned();

@@ -386,29 +386,40 @@ async fn new_crl_refuses_revoked_client_on_new_and_open_connections() {
     replace_atomically(setup.path(), "clients.crl.pem", &setup.ca.crl(&[&leaf]));
     wait_generation(&gw, 2);
 
-    for (name, conn) in [("HTTP/1.1", &mut h1), ("HTTP/2", &mut h2)] {
-        let reply = conn.get("/v1/x").await.unwrap();
-        assert_eq!(
-            reply.status,
-            403,
-            "{name}: {}",
-            String::from_utf8_lossy(&reply.body)
-        );
-        assert_eq!(reply.json()["error"], "certificate_rejected", "{name}");
-    }
-    // And the connections end: HTTP/1.1 by `Connection: close`, HTTP/2 by
-    // GOAWAY, so the next request has to pass a handshake that refuses it.
+    // The open connections end with the reload, not only at their next
+    // request (SPEC §11): until they do, a request is refused with 403;
+    // then the next one has to pass a handshake that refuses it.
     for (name, conn) in [("HTTP/1.1", &mut h1), ("HTTP/2", &mut h2)] {
         let mut ended = false;
         for _ in 0..20 {
-            if conn.get("/v1/x").await.is_err() {
-                ended = true;
-                break;
+            match conn.get("/v1/x").await {
+                Err(_) => {
+                    ended = true;
+                    break;
+                }
+                Ok(reply) => {
+                    assert_eq!(
+                        reply.status,
+                        403,
+                        "{name}: {}",
+                        String::from_utf8_lossy(&reply.body)
+                    );
+                    assert_eq!(reply.json()["error"], "certificate_rejected", "{name}");
+                }
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         assert!(ended, "{name}: connection still usable after the refusal");
     }
+    assert!(gw.wait_for_log(
+        &[
+            "a reload refused the client's certificate; closing its connection",
+            "\"reason\":\"revoked\"",
+            &leaf.fingerprint()
+        ],
+        Duration::from_secs(1)
+    ));
+    assert_eq!(gw.metric("certgate_reload_refused_connections_total"), 2.0);
     assert!(gw.wait_for_log(
         &[
             "open connection's client certificate refused",

@@ -464,7 +464,7 @@ async fn only_plain_chunked_framing_reaches_the_upstream() {
     assert_eq!(upstream.requests.load(Ordering::SeqCst), served_before);
     assert_eq!(gw.metric("certgate_requests_total{code=\"501\"}"), 3.0);
     assert_eq!(
-        gw.metric("certgate_upstream_errors_total{kind=\"protocol\"}"),
+        gw.metric("certgate_upstream_errors_total{kind=\"protocol\",upstream=\"default\"}"),
         0.0
     );
 }

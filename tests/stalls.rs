@@ -277,7 +277,7 @@ async fn trickled_upload_that_stops_is_closed() {
     assert!(read.is_ok(), "the gateway closed the connection");
     assert_eq!(gw.metric("certgate_stream_idle_timeouts_total"), 1.0);
     assert_eq!(
-        gw.metric("certgate_upstream_errors_total{kind=\"timeout\"}"),
+        gw.metric("certgate_upstream_errors_total{kind=\"timeout\",upstream=\"default\"}"),
         0.0
     );
 
@@ -338,7 +338,7 @@ async fn upstream_timeout_during_a_stalled_upload_blames_the_client() {
     let reply = parse_http1(&raw);
     assert_gateway_error(&reply, 408, "request_body_timeout", "stalled upload");
     assert_eq!(
-        gw.metric("certgate_upstream_errors_total{kind=\"timeout\"}"),
+        gw.metric("certgate_upstream_errors_total{kind=\"timeout\",upstream=\"default\"}"),
         0.0
     );
     assert_eq!(gw.metric("certgate_requests_total{code=\"408\"}"), 1.0);
@@ -359,7 +359,7 @@ async fn malformed_chunked_body_is_a_client_error() {
     .await;
     assert_gateway_error(&reply, 400, "bad_request_body", "malformed chunk");
     assert_eq!(
-        gw.metric("certgate_upstream_errors_total{kind=\"protocol\"}"),
+        gw.metric("certgate_upstream_errors_total{kind=\"protocol\",upstream=\"default\"}"),
         0.0
     );
     assert_eq!(gw.metric("certgate_requests_total{code=\"400\"}"), 1.0);

@@ -12,7 +12,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::identity::CertField;
-use crate::policy::{valid_role, AuthzDefault, Glob, PathParameters, RoleRule, Route};
+use crate::policy::{
+    valid_role, AuthzDefault, Glob, PathParameters, RoleRule, Route, UpstreamRoute,
+};
 use raw::RawConfig;
 
 /// Where the configuration is read from when `-c` is not given.
@@ -25,7 +27,12 @@ pub struct Config {
     pub listener: ListenerConfig,
     pub server_tls: ServerTlsConfig,
     pub client_auth: ClientAuthConfig,
+    /// `[upstream]`: the default upstream, named `default`.
     pub upstream: UpstreamConfig,
+    /// `[upstreams.NAME]`, by name.
+    pub upstreams: Vec<UpstreamConfig>,
+    /// `[[route]]`, in file order.
+    pub routes: Vec<UpstreamRoute>,
     pub identity: IdentityConfig,
     pub roles: RolesConfig,
     pub authorization: AuthorizationConfig,
@@ -134,6 +141,8 @@ pub struct SniCert {
 pub struct ServerTlsConfig {
     pub default: CertSource,
     pub sni: Vec<SniCert>,
+    /// Staple OCSP responses for the served certificates (from their AIA).
+    pub ocsp_stapling: bool,
 }
 
 /// What to do with a chain whose revocation status a CRL cannot settle
@@ -143,6 +152,18 @@ pub struct ServerTlsConfig {
 pub enum RevocationFallback {
     Allow,
     Deny,
+}
+
+/// What an OCSP answer the gateway cannot get (responder unreachable, no
+/// responder, an answer that does not verify, `unknown`) means for a client
+/// (`client_auth.ocsp`). `revoked` refuses in every mode but `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OcspMode {
+    Off,
+    /// Lets the client in.
+    Soft,
+    /// Refuses the client.
+    Hard,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -161,21 +182,83 @@ pub struct ClientAuthConfig {
     pub unknown_revocation: RevocationFallback,
     pub crl_scope: CrlScope,
     pub expired_crl: RevocationFallback,
+    /// http(s) URLs of CRLs, fetched and refreshed by the gateway.
+    pub crl_urls: Vec<http::Uri>,
+    /// How often fetched CRLs are re-fetched; also how long an OCSP answer
+    /// without nextUpdate is kept.
+    pub crl_refresh: Duration,
+    /// Where fetched CRLs are kept across restarts; `None` keeps them in memory only.
+    pub crl_cache_dir: Option<PathBuf>,
+    pub ocsp: OcspMode,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpstreamConfig {
+    /// `default` for `[upstream]`, else the `[upstreams.NAME]` name.
+    pub name: String,
     pub url: http::Uri,
+    /// `host:port` addresses to balance over; empty: the url's own.
+    pub endpoints: Vec<String>,
+    pub health_check_path: Option<String>,
+    pub health_interval: Duration,
     pub connect_timeout: Duration,
     pub timeout: Duration,
+    pub protocol: UpstreamProtocol,
     pub ca: Option<PathBuf>,
     pub client_cert: Option<PathBuf>,
     pub client_key: Option<PathBuf>,
 }
 
+/// How certgate speaks to the upstream (`upstream.protocol`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1 only.
+    Http1,
+    /// HTTP/2 only: h2c with prior knowledge on `http://`, h2 by ALPN on `https://`.
+    Http2,
+    /// ALPN on `https://` (h2 preferred); HTTP/1.1 on `http://`, where
+    /// nothing negotiates.
+    Auto,
+}
+
+impl UpstreamProtocol {
+    /// What the setting means for an `http://` or `https://` url, as
+    /// `certgate check` says it.
+    pub fn describe(self, https: bool) -> &'static str {
+        match (self, https) {
+            (UpstreamProtocol::Http1, _) => "HTTP/1.1",
+            (UpstreamProtocol::Http2, false) => "HTTP/2 with prior knowledge (h2c)",
+            (UpstreamProtocol::Http2, true) => "HTTP/2 (ALPN h2)",
+            (UpstreamProtocol::Auto, false) => "HTTP/1.1 (auto: nothing negotiates on http://)",
+            (UpstreamProtocol::Auto, true) => "HTTP/2 or HTTP/1.1 by ALPN, h2 preferred",
+        }
+    }
+}
+
 impl UpstreamConfig {
     pub fn is_https(&self) -> bool {
         self.url.scheme() == Some(&http::uri::Scheme::HTTPS)
+    }
+
+    /// The files this upstream reads: its CA and client certificate.
+    pub fn files(&self) -> impl Iterator<Item = PathBuf> + '_ {
+        [&self.ca, &self.client_cert, &self.client_key]
+            .into_iter()
+            .flatten()
+            .cloned()
+    }
+
+    /// The addresses to connect to: `endpoints`, or the url's host and port.
+    pub fn addresses(&self) -> Vec<String> {
+        if !self.endpoints.is_empty() {
+            return self.endpoints.clone();
+        }
+        let port = self
+            .url
+            .port_u16()
+            .unwrap_or(if self.is_https() { 443 } else { 80 });
+        let host = self.url.host().unwrap_or("127.0.0.1");
+        vec![format!("{host}:{port}")]
     }
 }
 
@@ -341,15 +424,13 @@ impl Config {
         }
         files.extend(self.client_auth.trusted_cas.iter().cloned());
         files.extend(self.client_auth.trusted_cas_password_file.iter().cloned());
+        // Not `crl_cache_dir`: the gateway writes it, and watching it would
+        // turn every CRL fetch into a second reload.
         files.extend(self.client_auth.crls.iter().cloned());
         files.extend(self.listener.session_ticket_keys.iter().cloned());
-        let u = &self.upstream;
-        files.extend(
-            [&u.ca, &u.client_cert, &u.client_key]
-                .into_iter()
-                .flatten()
-                .cloned(),
-        );
+        for u in std::iter::once(&self.upstream).chain(&self.upstreams) {
+            files.extend(u.files());
+        }
         files
     }
 }
@@ -362,6 +443,28 @@ fn read_config(path: &Path) -> Result<String, ConfigError> {
             format!("cannot read: {e}"),
         )
     })
+}
+
+/// The name of `[upstream]` in metrics and logs.
+pub const DEFAULT_UPSTREAM: &str = "default";
+
+/// `host:port`: a DNS-style name, an IPv4 address or a bracketed IPv6
+/// address, and a port.
+fn valid_endpoint(value: &str) -> bool {
+    let Some((host, port)) = value.rsplit_once(':') else {
+        return false;
+    };
+    let host_ok = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        Some(v6) => v6.parse::<std::net::Ipv6Addr>().is_ok(),
+        None => {
+            !host.is_empty()
+                && host.len() <= 253
+                && host
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
+        }
+    };
+    host_ok && port.parse::<u16>().is_ok_and(|p| p > 0)
 }
 
 fn absolute(path: &Path) -> PathBuf {
@@ -699,10 +802,18 @@ impl Validator<'_> {
             });
         }
 
-        ServerTlsConfig { default, sni }
+        ServerTlsConfig {
+            default,
+            sni,
+            ocsp_stapling: t.ocsp_stapling,
+        }
     }
 
     fn client_auth(&mut self, c: raw::RawClientAuth) -> ClientAuthConfig {
+        let crl_refresh = self.duration("client_auth.crl_refresh", &c.crl_refresh);
+        if crl_refresh < Duration::from_secs(1) {
+            self.problem("client_auth.crl_refresh", "must be at least \"1s\"");
+        }
         if c.trusted_cas.is_empty() {
             self.problem(
                 "client_auth.trusted_cas",
@@ -734,17 +845,55 @@ impl Validator<'_> {
                 ],
             ),
             expired_crl: self.revocation_fallback("client_auth.expired_crl", &c.expired_crl),
+            crl_urls: c
+                .crl_urls
+                .iter()
+                .map(|u| self.fetch_url("client_auth.crl_urls", u))
+                .collect(),
+            crl_refresh,
+            crl_cache_dir: (!c.crl_cache_dir.trim().is_empty())
+                .then(|| self.dir.join(&c.crl_cache_dir)),
+            ocsp: self.choice(
+                "client_auth.ocsp",
+                &c.ocsp,
+                &[
+                    ("hard", OcspMode::Hard),
+                    ("soft", OcspMode::Soft),
+                    ("off", OcspMode::Off),
+                ],
+            ),
         }
     }
 
-    fn upstream(&mut self, u: raw::RawUpstream) -> UpstreamConfig {
+    /// An `http://` or `https://` URL with a host, as a CRL distribution
+    /// point is published.
+    fn fetch_url(&mut self, at: &str, value: &str) -> http::Uri {
+        match value.parse::<http::Uri>() {
+            Ok(url)
+                if matches!(url.scheme_str(), Some("http") | Some("https"))
+                    && url.host().is_some_and(|h| !h.is_empty()) =>
+            {
+                url
+            }
+            _ => {
+                self.problem(
+                    at,
+                    format!("`{value}` is not an http:// or https:// URL with a host"),
+                );
+                http::Uri::from_static("http://127.0.0.1/")
+            }
+        }
+    }
+
+    /// `[upstream]` (`at = "upstream"`) or `[upstreams.NAME]`.
+    fn upstream(&mut self, at: &str, name: &str, u: raw::RawUpstream) -> UpstreamConfig {
         let url = match u.url.parse::<http::Uri>() {
             Ok(url) => {
                 let scheme_ok = matches!(url.scheme_str(), Some("http") | Some("https"));
                 let path_ok = matches!(url.path(), "" | "/") && url.query().is_none();
                 if !scheme_ok || url.authority().is_none() {
                     self.problem(
-                        "upstream.url",
+                        format!("{at}.url"),
                         format!(
                             "`{}` must be http://host[:port] or https://host[:port]",
                             u.url
@@ -752,7 +901,7 @@ impl Validator<'_> {
                     );
                 } else if !path_ok {
                     self.problem(
-                        "upstream.url",
+                        format!("{at}.url"),
                         format!(
                             "`{}` must not have a path or query: requests keep their own path",
                             u.url
@@ -762,29 +911,121 @@ impl Validator<'_> {
                 url
             }
             Err(e) => {
-                self.problem("upstream.url", format!("`{}`: {e}", u.url));
+                self.problem(format!("{at}.url"), format!("`{}`: {e}", u.url));
                 http::Uri::from_static("http://127.0.0.1")
             }
         };
+        let endpoints = u
+            .endpoints
+            .iter()
+            .filter(|e| {
+                let ok = valid_endpoint(e);
+                if !ok {
+                    self.problem(
+                        format!("{at}.endpoints"),
+                        format!("`{e}` is not a host:port address"),
+                    );
+                }
+                ok
+            })
+            .cloned()
+            .collect();
+        let health_check_path = match u.health_check_path.as_str() {
+            "" => None,
+            p if p.starts_with('/') && http::uri::PathAndQuery::try_from(p).is_ok() => {
+                Some(p.to_owned())
+            }
+            p => {
+                self.problem(
+                    format!("{at}.health_check_path"),
+                    format!("`{p}` must be a path starting with /"),
+                );
+                None
+            }
+        };
         let upstream = UpstreamConfig {
-            connect_timeout: self.duration("upstream.connect_timeout", &u.connect_timeout),
-            timeout: self.duration("upstream.timeout", &u.timeout),
-            ca: u.ca.map(|p| self.path("upstream.ca", &p)),
-            client_cert: u.client_cert.map(|p| self.path("upstream.client_cert", &p)),
-            client_key: u.client_key.map(|p| self.path("upstream.client_key", &p)),
+            name: name.to_owned(),
+            endpoints,
+            health_check_path,
+            health_interval: self.duration(&format!("{at}.health_interval"), &u.health_interval),
+            connect_timeout: self.duration(&format!("{at}.connect_timeout"), &u.connect_timeout),
+            timeout: self.duration(&format!("{at}.timeout"), &u.timeout),
+            protocol: self.choice(
+                &format!("{at}.protocol"),
+                &u.protocol,
+                &[
+                    ("http1", UpstreamProtocol::Http1),
+                    ("http2", UpstreamProtocol::Http2),
+                    ("auto", UpstreamProtocol::Auto),
+                ],
+            ),
+            ca: u.ca.map(|p| self.path(&format!("{at}.ca"), &p)),
+            client_cert: u
+                .client_cert
+                .map(|p| self.path(&format!("{at}.client_cert"), &p)),
+            client_key: u
+                .client_key
+                .map(|p| self.path(&format!("{at}.client_key"), &p)),
             url,
         };
         if upstream.client_cert.is_some() != upstream.client_key.is_some() {
-            self.problem("upstream", "client_cert and client_key go together");
+            self.problem(at, "client_cert and client_key go together");
         }
         let tls_only = upstream.ca.is_some() || upstream.client_cert.is_some();
         if tls_only && !upstream.is_https() {
-            self.problem(
-                "upstream",
-                "ca, client_cert and client_key need an https:// url",
-            );
+            self.problem(at, "ca, client_cert and client_key need an https:// url");
         }
         upstream
+    }
+
+    fn upstreams(
+        &mut self,
+        raw: std::collections::BTreeMap<String, raw::RawUpstream>,
+    ) -> Vec<UpstreamConfig> {
+        raw.into_iter()
+            .map(|(name, u)| {
+                let at = format!("upstreams.{name}");
+                let valid = !name.is_empty()
+                    && name.len() <= 64
+                    && name
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+                if !valid || name == DEFAULT_UPSTREAM {
+                    self.problem(
+                        &at,
+                        format!("the name must be 1-64 letters, digits, `-` or `_`, and not `{DEFAULT_UPSTREAM}`"),
+                    );
+                }
+                self.upstream(&at, &name, u)
+            })
+            .collect()
+    }
+
+    fn routes(
+        &mut self,
+        raw: Vec<raw::RawUpstreamRoute>,
+        upstreams: &[UpstreamConfig],
+    ) -> Vec<UpstreamRoute> {
+        let mut routes = Vec::new();
+        for (i, r) in raw.into_iter().enumerate() {
+            let at = format!("route[{i}]");
+            if !upstreams.iter().any(|u| u.name == r.upstream) {
+                self.problem(
+                    format!("{at}.upstream"),
+                    format!("`{}` is not an [upstreams.NAME] section", r.upstream),
+                );
+            }
+            if let Some(host) = &r.host {
+                if !valid_endpoint(&format!("{host}:1")) || host.contains(':') {
+                    self.problem(format!("{at}.host"), format!("`{host}` is not a host name"));
+                }
+            }
+            match UpstreamRoute::new(&r.path, r.host.as_deref(), &r.upstream) {
+                Ok(route) => routes.push(route),
+                Err(e) => self.problem(format!("{at}.path"), e.to_string()),
+            }
+        }
+        routes
     }
 
     fn roles(&mut self, r: raw::RawRoles) -> RolesConfig {
@@ -863,7 +1104,9 @@ fn validate(path: &Path, raw: RawConfig) -> (Config, Vec<Problem>) {
     let listener = v.listener(&raw.listener);
     let server_tls = v.server_tls(raw.server_tls);
     let client_auth = v.client_auth(raw.client_auth);
-    let upstream = v.upstream(raw.upstream);
+    let upstream = v.upstream("upstream", DEFAULT_UPSTREAM, raw.upstream);
+    let upstreams = v.upstreams(raw.upstreams);
+    let routes = v.routes(raw.route, &upstreams);
     let identity = IdentityConfig {
         forward_cert: raw.identity.forward_cert,
         xfcc: raw.identity.xfcc,
@@ -890,6 +1133,8 @@ fn validate(path: &Path, raw: RawConfig) -> (Config, Vec<Problem>) {
         server_tls,
         client_auth,
         upstream,
+        upstreams,
+        routes,
         identity,
         roles,
         authorization,

@@ -16,6 +16,10 @@ pub struct RawConfig {
     pub client_auth: RawClientAuth,
     pub upstream: RawUpstream,
     #[serde(default)]
+    pub upstreams: std::collections::BTreeMap<String, RawUpstream>,
+    #[serde(default)]
+    pub route: Vec<RawUpstreamRoute>,
+    #[serde(default)]
     pub identity: RawIdentity,
     #[serde(default)]
     pub roles: RawRoles,
@@ -70,6 +74,8 @@ pub struct RawServerTls {
     pub pkcs12_password_file: Option<String>,
     #[serde(default)]
     pub sni: Vec<RawSniCert>,
+    #[serde(default)]
+    pub ocsp_stapling: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -96,6 +102,14 @@ pub struct RawClientAuth {
     pub crl_scope: String,
     #[serde(default = "d_allow")]
     pub expired_crl: String,
+    #[serde(default)]
+    pub crl_urls: Vec<String>,
+    #[serde(default = "d_crl_refresh")]
+    pub crl_refresh: String,
+    #[serde(default)]
+    pub crl_cache_dir: String,
+    #[serde(default = "d_ocsp")]
+    pub ocsp: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -106,9 +120,25 @@ pub struct RawUpstream {
     pub connect_timeout: String,
     #[serde(default = "d_upstream_timeout")]
     pub timeout: String,
+    #[serde(default = "d_upstream_protocol")]
+    pub protocol: String,
+    #[serde(default)]
+    pub endpoints: Vec<String>,
+    #[serde(default)]
+    pub health_check_path: String,
+    #[serde(default = "d_health_interval")]
+    pub health_interval: String,
     pub ca: Option<String>,
     pub client_cert: Option<String>,
     pub client_key: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstreamRoute {
+    pub path: String,
+    pub host: Option<String>,
+    pub upstream: String,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -354,11 +384,23 @@ fn d_deny() -> String {
 fn d_crl_scope() -> String {
     s("chain")
 }
+fn d_crl_refresh() -> String {
+    s("1h")
+}
+fn d_ocsp() -> String {
+    s("off")
+}
 fn d_connect_timeout() -> String {
     s("2s")
 }
 fn d_upstream_timeout() -> String {
     s("30s")
+}
+fn d_health_interval() -> String {
+    s("5s")
+}
+fn d_upstream_protocol() -> String {
+    s("http1")
 }
 fn d_admin_address() -> String {
     s("127.0.0.1:9464")

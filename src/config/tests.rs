@@ -256,12 +256,60 @@ fn value_validation_table() {
             "[client_auth]\ntrusted_cas = []",
             "client_auth.trusted_cas",
         ),
+        (
+            "ocsp mode",
+            "[client_auth]\ntrusted_cas = [\"ca.pem\"]\nocsp = \"strict\"",
+            "client_auth.ocsp",
+        ),
+        (
+            "crl url scheme",
+            "[client_auth]\ntrusted_cas = [\"ca.pem\"]\ncrl_urls = [\"ldap://ca.example.org/crl\"]",
+            "client_auth.crl_urls",
+        ),
+        (
+            "crl url without a host",
+            "[client_auth]\ntrusted_cas = [\"ca.pem\"]\ncrl_urls = [\"http:///x.crl\"]",
+            "client_auth.crl_urls",
+        ),
+        (
+            "crl refresh under a second",
+            "[client_auth]\ntrusted_cas = [\"ca.pem\"]\ncrl_refresh = \"500ms\"",
+            "client_auth.crl_refresh",
+        ),
     ];
     for (name, section, at) in sections {
         let text = MINIMAL.replace("[client_auth]\ntrusted_cas = [\"ca.pem\"]", section);
         let p = problems(&text);
         assert!(p.iter().any(|x| x.starts_with(at)), "case {name}: {p:?}");
     }
+}
+
+#[test]
+fn revocation_sources_are_off_by_default_and_read_as_written() {
+    let c = parse(MINIMAL).unwrap();
+    assert!(c.client_auth.crl_urls.is_empty());
+    assert_eq!(c.client_auth.crl_refresh, Duration::from_secs(3600));
+    assert_eq!(c.client_auth.crl_cache_dir, None);
+    assert_eq!(c.client_auth.ocsp, OcspMode::Off);
+    assert!(!c.server_tls.ocsp_stapling);
+    let text = MINIMAL
+        .replace(
+            "trusted_cas = [\"ca.pem\"]",
+            "trusted_cas = [\"ca.pem\"]\ncrl_urls = [\"http://pki.example.org/ca.crl\"]\ncrl_refresh = \"1s\"\ncrl_cache_dir = \"cache\"\nocsp = \"hard\"",
+        )
+        .replace("key = \"server.key\"", "key = \"server.key\"\nocsp_stapling = true");
+    let c = parse(&text).unwrap();
+    assert_eq!(
+        c.client_auth.crl_urls[0].to_string(),
+        "http://pki.example.org/ca.crl"
+    );
+    assert_eq!(c.client_auth.crl_refresh, Duration::from_secs(1));
+    assert_eq!(
+        c.client_auth.crl_cache_dir,
+        Some(PathBuf::from("/etc/certgate/cache"))
+    );
+    assert_eq!(c.client_auth.ocsp, OcspMode::Hard);
+    assert!(c.server_tls.ocsp_stapling);
 }
 
 #[test]
@@ -320,6 +368,32 @@ fn upstream_url_must_be_bare_http_or_https() {
         "url = \"http://x\"\nca = \"up.pem\"",
     );
     assert!(problems(&tls_on_http)[0].contains("https"));
+}
+
+#[test]
+fn upstream_protocol_is_one_of_three_and_http1_by_default() {
+    assert_eq!(
+        parse(MINIMAL).unwrap().upstream.protocol,
+        UpstreamProtocol::Http1
+    );
+    for (word, protocol) in [
+        ("http1", UpstreamProtocol::Http1),
+        ("http2", UpstreamProtocol::Http2),
+        ("auto", UpstreamProtocol::Auto),
+    ] {
+        let text = MINIMAL.replace(
+            "url = \"http://127.0.0.1:8080\"",
+            &format!("url = \"http://127.0.0.1:8080\"\nprotocol = \"{word}\""),
+        );
+        assert_eq!(parse(&text).unwrap().upstream.protocol, protocol, "{word}");
+    }
+    let h2c = MINIMAL.replace(
+        "url = \"http://127.0.0.1:8080\"",
+        "url = \"http://127.0.0.1:8080\"\nprotocol = \"h2c\"",
+    );
+    let problems = problems(&h2c);
+    assert!(problems[0].contains("upstream.protocol"), "{problems:?}");
+    assert!(problems[0].contains("\"http2\""), "{problems:?}");
 }
 
 #[test]

@@ -40,6 +40,51 @@ pub enum RouteError {
     BadRole(String),
 }
 
+/// A rule's path as rules store it: already normalized, a plain prefix
+/// (no query, fragment or `*`), without a trailing slash (except `/`).
+///
+/// # Errors
+/// Why `path` cannot be a segment prefix.
+pub fn prefix_path(path: &str) -> Result<String, RouteError> {
+    let trimmed = match path.trim_end_matches('/') {
+        "" => "/",
+        p => p,
+    };
+    // A rule names plain segments: requests are matched without their
+    // `;` parameters, so a rule with one could never match.
+    match normalize_path(trimmed, PathParameters::Reject) {
+        Ok(n) if n.path == trimmed => {}
+        Ok(n) => {
+            return Err(RouteError::NotNormalized {
+                path: path.to_owned(),
+                normalized: n.path.into_owned(),
+            })
+        }
+        Err(error) => {
+            return Err(RouteError::BadPath {
+                path: path.to_owned(),
+                error,
+            })
+        }
+    }
+    if trimmed.contains(['?', '#', '*']) {
+        return Err(RouteError::NotAPrefix(path.to_owned()));
+    }
+    Ok(trimmed.to_owned())
+}
+
+/// Whether `prefix` (a [`prefix_path`]) is a segment prefix of the
+/// normalized `path`: `/api` covers `/api` and `/api/x`, not `/apix`.
+pub fn covers(prefix: &str, path: &str) -> bool {
+    if prefix == "/" {
+        return true;
+    }
+    match path.strip_prefix(prefix) {
+        Some(rest) => rest.is_empty() || rest.starts_with('/'),
+        None => false,
+    }
+}
+
 impl Route {
     /// # Errors
     /// A path that is not already normalized, or a method that is not an HTTP token.
@@ -48,30 +93,7 @@ impl Route {
         methods: Option<Vec<String>>,
         roles: Vec<String>,
     ) -> Result<Route, RouteError> {
-        let trimmed = match path.trim_end_matches('/') {
-            "" => "/",
-            p => p,
-        };
-        // A rule names plain segments: requests are matched without their
-        // `;` parameters, so a rule with one could never match.
-        match normalize_path(trimmed, PathParameters::Reject) {
-            Ok(n) if n.path == trimmed => {}
-            Ok(n) => {
-                return Err(RouteError::NotNormalized {
-                    path: path.to_owned(),
-                    normalized: n.path.into_owned(),
-                })
-            }
-            Err(error) => {
-                return Err(RouteError::BadPath {
-                    path: path.to_owned(),
-                    error,
-                })
-            }
-        }
-        if trimmed.contains(['?', '#', '*']) {
-            return Err(RouteError::NotAPrefix(path.to_owned()));
-        }
+        let path = prefix_path(path)?;
         let methods = match methods {
             None => None,
             Some(m) if m.is_empty() => return Err(RouteError::NoMethods),
@@ -90,20 +112,14 @@ impl Route {
             return Err(RouteError::BadRole(bad.clone()));
         }
         Ok(Route {
-            path: trimmed.to_owned(),
+            path,
             methods,
             roles,
         })
     }
 
     fn covers(&self, path: &str) -> bool {
-        if self.path == "/" {
-            return true;
-        }
-        match path.strip_prefix(self.path.as_str()) {
-            Some(rest) => rest.is_empty() || rest.starts_with('/'),
-            None => false,
-        }
+        covers(&self.path, path)
     }
 
     fn allows_method(&self, method: &str) -> bool {

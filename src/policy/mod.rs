@@ -6,11 +6,13 @@ mod authz;
 mod glob;
 mod path;
 mod roles;
+mod routing;
 
 pub use authz::{Authorizer, AuthzDefault, Decision, Route, RouteError};
 pub use glob::Glob;
 pub use path::{normalize_path, NormalizedPath, PathError, PathParameters};
 pub use roles::{Ambiguity, RoleMapper, RoleRule, Roles};
+pub use routing::{host_without_port, route_for, UpstreamRoute};
 
 /// Roles travel in a comma-separated header, so they must be plain tokens.
 pub fn valid_role(role: &str) -> bool {

@@ -18,6 +18,7 @@ use http::Request;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use tokio::sync::Notify;
 
+use super::tunnel::PendingTunnel;
 use crate::config::ListenerConfig;
 use crate::exchange::{Progress, RequestBody, Watch};
 
@@ -63,6 +64,9 @@ pub(super) struct Activity {
     /// The HTTP/1 exchange in flight (restarted by each request). HTTP/2
     /// streams each have their own (see `streams`).
     pub(super) progress: Arc<Progress>,
+    /// An HTTP/1 upgrade agreed by the last response, for the connection's
+    /// task to run once hyper hands over the connection.
+    tunnel: Mutex<Option<PendingTunnel>>,
     /// Wakes the connection loop when its next deadline may have moved
     /// earlier: a head started, an HTTP/1 request began, or the last
     /// in-flight request finished.
@@ -117,8 +121,17 @@ impl Activity {
             read_blocked: AtomicBool::new(false),
             close_requested: AtomicBool::new(false),
             progress: Arc::new(Progress::new()),
+            tunnel: Mutex::new(None),
             changed: Notify::new(),
         }
+    }
+
+    pub(super) fn set_tunnel(&self, tunnel: PendingTunnel) {
+        *self.tunnel.lock().expect("activity lock poisoned") = Some(tunnel);
+    }
+
+    pub(super) fn take_tunnel(&self) -> Option<PendingTunnel> {
+        self.tunnel.lock().expect("activity lock poisoned").take()
     }
 
     /// [`Snapshot::next_expiry`] for this connection at `now`.
@@ -159,7 +172,8 @@ impl Activity {
             // The connection's one exchange starts over with each request.
             progress.restart();
         }
-        let req = req.map(|inner| RequestBody::new(inner, progress));
+        let req =
+            req.map(|inner| RequestBody::new(inner, progress, super::headers::strip_trailers));
         (self.begin_request(), req)
     }
 

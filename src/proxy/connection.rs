@@ -47,11 +47,11 @@ use tokio_rustls::server::TlsStream;
 use super::activity::{Activity, Expiry, Tracked, CLOSE_GRACE};
 use super::client::ClientConnection;
 use super::streams::{current_stream, stream_stalled, StreamExecutor};
+use super::tunnel::{Handoff, TunnelLimits};
 use super::{service, ProxyBody};
 use crate::config::ListenerConfig;
 use crate::exchange::Progress;
 use crate::gateway::Gateway;
-use crate::metrics::Metrics;
 
 /// hyper's cap on HTTP/1 request header fields (its default is 100, too few
 /// for some legitimate clients; far below what a header flood needs).
@@ -83,9 +83,14 @@ pub(super) async fn serve(
     let peer = client.peer;
     let http2 = tls.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
     let activity = Arc::new(Activity::new(!http2));
+    let tunnel_limits = TunnelLimits {
+        idle: limits.idle_timeout,
+        shutdown: limits.shutdown_timeout,
+    };
     let service = {
         let activity = activity.clone();
         let gw = gw.clone();
+        let client = client.clone();
         service_fn(move |req: http::Request<Incoming>| {
             let (gw, client, activity) = (gw.clone(), client.clone(), activity.clone());
             // `handle` is called inside the block: a future captured by an
@@ -102,7 +107,22 @@ pub(super) async fn serve(
                     false => activity.progress.clone(),
                 };
                 let (in_flight, req) = activity.begin(req, progress.clone());
-                let resp = service::handle(gw, client, req).await?;
+                let mut resp = service::handle(gw.clone(), client.clone(), req).await?;
+                let handoff = resp.extensions_mut().remove::<Handoff>();
+                if let Some(tunnel) = handoff.and_then(|h| h.take()) {
+                    if http2 {
+                        // The stream outlives this request's task; the
+                        // connection lives on while the stream is open.
+                        tokio::spawn(async move {
+                            let refused = client.refused_later(&gw);
+                            tunnel.run(&gw, &client, tunnel_limits, refused).await;
+                        });
+                    } else {
+                        // Run by the connection's own task once hyper hands
+                        // over the connection (see `serve_http1`).
+                        activity.set_tunnel(tunnel);
+                    }
+                }
                 // `Connection: close` from the gateway (a certificate a
                 // reload refused, draining): hyper ends an HTTP/1
                 // connection after this response by itself; an HTTP/2
@@ -124,19 +144,32 @@ pub(super) async fn serve(
     // twice per request, and a fresh `drain_started()` each time showed up in profiles.
     let drained = gw.drain_started();
     tokio::pin!(drained);
+    // Boxed: it holds a timer for the certificate's expiry, which an idle
+    // connection task should not carry inline.
+    let refused = Box::pin({
+        let (gw, client) = (gw.clone(), client.clone());
+        async move { client.refused_later(&gw).await }
+    });
     let conn = Conn {
         activity,
         limits,
+        tunnel_limits,
         peer,
-        metrics: gw.metrics.clone(),
+        gw: gw.clone(),
+        client,
         closing_since: None,
+    };
+    let mut refused = refused;
+    let ends = Ends {
+        drained,
+        refused: refused.as_mut(),
     };
     if http2 {
         // Boxed: hyper's HTTP/2 connection state is laid out inline in this
         // future; an HTTP/1 connection task should not carry its size.
-        Box::pin(conn.serve_http2(tls, service, drained)).await;
+        Box::pin(conn.serve_http2(tls, service, ends)).await;
     } else {
-        conn.serve_http1(tls, service, drained).await;
+        conn.serve_http1(tls, service, ends).await;
     }
 }
 
@@ -144,10 +177,20 @@ pub(super) async fn serve(
 struct Conn<'a> {
     activity: Arc<Activity>,
     limits: &'a ListenerConfig,
+    tunnel_limits: TunnelLimits,
     peer: SocketAddr,
-    metrics: Arc<Metrics>,
+    gw: Arc<Gateway>,
+    client: Arc<ClientConnection>,
     /// When the connection was asked to close (idle or draining).
     closing_since: Option<Instant>,
+}
+
+/// What ends a connection from outside: the drain, and a reload whose
+/// state refuses the client's certificate. Each completes once; the
+/// connection ends or stops polling it when it does.
+struct Ends<'e, D, R> {
+    drained: Pin<&'e mut D>,
+    refused: Pin<&'e mut R>,
 }
 
 /// Why [`Conn::drive`] returned.
@@ -159,18 +202,16 @@ enum Served {
 }
 
 impl Conn<'_> {
-    async fn serve_http1<S>(
-        mut self,
-        mut tls: Tls,
-        service: S,
-        mut drained: Pin<&mut impl Future<Output = ()>>,
-    ) where
+    async fn serve_http1<S, D, R>(mut self, mut tls: Tls, service: S, mut ends: Ends<'_, D, R>)
+    where
         S: HttpService<Incoming, ResBody = Tracked<ProxyBody>, Error = Infallible> + Clone,
+        D: Future<Output = ()>,
+        R: Future<Output = &'static str>,
     {
         let mut read_ahead = Bytes::new();
         loop {
             if read_ahead.is_empty() {
-                match self.await_bytes(&mut tls, drained.as_mut()).await {
+                match self.await_bytes(&mut tls, &mut ends).await {
                     Some(bytes) => read_ahead = bytes,
                     None => return,
                 }
@@ -182,15 +223,29 @@ impl Conn<'_> {
             });
             // Boxed: the idle connection task then keeps a pointer, not
             // hyper's connection state laid out inline.
-            let conn = http1_builder(self.limits).serve_connection(io, service.clone());
+            let conn = http1_builder(self.limits)
+                .serve_connection(io, service.clone())
+                .with_upgrades();
             let mut conn = Box::pin(conn);
-            match self
-                .drive(conn.as_mut(), |c| c.graceful_shutdown(), drained.as_mut())
-                .await
-            {
-                Served::Ended => return,
-                Served::BetweenRequests => {
-                    let parts = Pin::into_inner(conn).into_parts();
+            let served = self
+                .drive(conn.as_mut(), |c| c.graceful_shutdown(), &mut ends)
+                .await;
+            // `None`: hyper handed the connection over to an upgrade.
+            let parts = match served {
+                Served::Ended => None,
+                Served::BetweenRequests => Pin::into_inner(conn).into_parts(),
+            };
+            match parts {
+                None => {
+                    if let Some(tunnel) = self.activity.take_tunnel() {
+                        let (gw, client) = (&self.gw, &self.client);
+                        tunnel
+                            .run(gw, client, self.tunnel_limits, ends.refused.as_mut())
+                            .await;
+                    }
+                    return;
+                }
+                Some(parts) => {
                     let watched = parts.io.into_inner();
                     tls = watched.inner;
                     read_ahead = concat(&parts.read_buf, watched.read_ahead);
@@ -205,14 +260,12 @@ impl Conn<'_> {
         }
     }
 
-    async fn serve_http2<S>(
-        mut self,
-        tls: Tls,
-        service: S,
-        drained: Pin<&mut impl Future<Output = ()>>,
-    ) where
+    async fn serve_http2<S, D, R>(mut self, tls: Tls, service: S, mut ends: Ends<'_, D, R>)
+    where
         S: HttpService<Incoming, ResBody = Tracked<ProxyBody>, Error = Infallible> + Send + 'static,
         S::Future: Send + 'static,
+        D: Future<Output = ()>,
+        R: Future<Output = &'static str>,
     {
         let io = TokioIo::new(Watched {
             inner: tls,
@@ -222,21 +275,21 @@ impl Conn<'_> {
         let executor = StreamExecutor {
             idle: self.limits.stream_idle_timeout,
             peer: self.peer,
-            metrics: self.metrics.clone(),
+            metrics: self.gw.metrics.clone(),
         };
         let conn = http2_builder(self.limits, executor).serve_connection(io, service);
         tokio::pin!(conn);
-        self.drive(conn, |c| c.graceful_shutdown(), drained).await;
+        self.drive(conn, |c| c.graceful_shutdown(), &mut ends).await;
     }
 
     /// An HTTP/1 connection between requests, holding nothing but its TLS
     /// stream: the first bytes the client sends, or `None` when the
     /// connection is over (closed by the client, timed out, draining).
-    async fn await_bytes(
-        &mut self,
-        tls: &mut Tls,
-        drained: Pin<&mut impl Future<Output = ()>>,
-    ) -> Option<Bytes> {
+    async fn await_bytes<D, R>(&mut self, tls: &mut Tls, ends: &mut Ends<'_, D, R>) -> Option<Bytes>
+    where
+        D: Future<Output = ()>,
+        R: Future<Output = &'static str>,
+    {
         let activity = &self.activity;
         let (deadline, expiry) = activity
             .next_expiry(&activity.snapshot(), self.limits, None, Instant::now())
@@ -257,7 +310,12 @@ impl Conn<'_> {
                     None
                 }
             },
-            _ = drained => {
+            _ = ends.drained.as_mut() => {
+                close(tls).await;
+                None
+            }
+            reason = ends.refused.as_mut() => {
+                self.refused(reason);
                 close(tls).await;
                 None
             }
@@ -273,14 +331,16 @@ impl Conn<'_> {
 
     /// Serves one hyper connection under the connection's timers until it
     /// ends or, on HTTP/1, sits between requests.
-    async fn drive<C>(
+    async fn drive<C, D, R>(
         &mut self,
         mut conn: Pin<&mut C>,
         graceful_shutdown: impl Fn(Pin<&mut C>),
-        mut drained: Pin<&mut impl Future<Output = ()>>,
+        ends: &mut Ends<'_, D, R>,
     ) -> Served
     where
         C: Future<Output = Result<(), hyper::Error>>,
+        D: Future<Output = ()>,
+        R: Future<Output = &'static str>,
     {
         let (activity, limits, peer) = (self.activity.clone(), self.limits, self.peer);
         loop {
@@ -322,9 +382,14 @@ impl Conn<'_> {
             });
             tokio::select! {
                 served = served => return served,
-                _ = drained.as_mut(), if !closing => {
+                _ = ends.drained.as_mut(), if !closing => {
                     self.closing_since = Some(Instant::now());
                     graceful_shutdown(conn.as_mut());
+                }
+                // Every stream and exchange of the connection ends with it.
+                reason = ends.refused.as_mut() => {
+                    self.refused(reason);
+                    return Served::Ended;
                 }
                 _ = activity.changed.notified() => {}
                 _ = timer => {
@@ -333,7 +398,7 @@ impl Conn<'_> {
                     match activity.next_expiry(&snapshot, limits, self.closing_since, now) {
                         Some((at, expiry)) if at <= now => {
                             if expiry == Expiry::StreamIdle {
-                                stream_stalled(&self.metrics, peer, "closing the connection");
+                                stream_stalled(&self.gw.metrics, peer, "closing the connection");
                             } else {
                                 log_expiry(peer, expiry);
                             }
@@ -352,6 +417,22 @@ impl Conn<'_> {
                 }
             }
         }
+    }
+}
+
+impl Conn<'_> {
+    fn refused(&self, reason: &'static str) {
+        // An upgrade agreed just before is not carried out.
+        drop(self.activity.take_tunnel());
+        let identity = &self.client.verified.identity;
+        self.gw.metrics.connections.refused_by_reload.inc();
+        tracing::warn!(
+            peer = %self.peer,
+            subject = %identity.subject,
+            fingerprint = %identity.fingerprint_sha256,
+            reason,
+            "a reload refused the client's certificate; closing its connection"
+        );
     }
 }
 
@@ -429,6 +510,8 @@ fn http2_builder(
         .max_header_list_size(
             u32::try_from(limits.max_header_bytes * H2_HEADER_LIST_FACTOR).unwrap_or(u32::MAX),
         )
+        // WebSocket over HTTP/2 (RFC 8441 extended CONNECT).
+        .enable_connect_protocol()
         .max_pending_accept_reset_streams(MAX_PENDING_ACCEPT_RESET_STREAMS)
         .max_local_error_reset_streams(MAX_LOCAL_ERROR_RESET_STREAMS);
     builder

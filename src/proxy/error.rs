@@ -58,7 +58,9 @@ impl GatewayError {
                 StatusCode::BAD_GATEWAY
             }
             GatewayError::Upstream(UpstreamError::Timeout) => StatusCode::GATEWAY_TIMEOUT,
-            GatewayError::Draining => StatusCode::SERVICE_UNAVAILABLE,
+            GatewayError::Upstream(UpstreamError::NoHealthyEndpoint) | GatewayError::Draining => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
         }
     }
 
@@ -85,6 +87,7 @@ impl GatewayError {
                 "bad_gateway"
             }
             GatewayError::Upstream(UpstreamError::Timeout) => "gateway_timeout",
+            GatewayError::Upstream(UpstreamError::NoHealthyEndpoint) => "no_healthy_upstream",
             GatewayError::Draining => "draining",
         }
     }
@@ -120,6 +123,54 @@ impl GatewayError {
     }
 }
 
+impl GatewayError {
+    /// The error as a gRPC client reads it: HTTP 200 and trailers-only
+    /// (the status in the one HEADERS frame that ends the stream), with
+    /// the status from gRPC's HTTP-to-gRPC mapping and a `grpc-message`
+    /// that names the error and the request id a client team can quote.
+    pub fn into_grpc_response(self, request_id: &str) -> Response<ProxyBody> {
+        let mut resp = Response::new(Either::Right(Full::new(Bytes::new())));
+        let headers = resp.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc"),
+        );
+        headers.insert(&GRPC_STATUS, HeaderValue::from(grpc_status(self.status())));
+        let message = format!("{} (request_id {request_id})", self.code());
+        // gRPC's percent-encoding: what is not printable ASCII, and `%`.
+        let message = percent_encoding::utf8_percent_encode(&message, GRPC_MESSAGE_ESCAPES);
+        if let Ok(message) = HeaderValue::from_str(&message.to_string()) {
+            headers.insert(&GRPC_MESSAGE, message);
+        }
+        if self.closes_connection() {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        resp
+    }
+}
+
+static GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
+static GRPC_MESSAGE: http::HeaderName = http::HeaderName::from_static("grpc-message");
+const GRPC_MESSAGE_ESCAPES: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS.add(b'%');
+
+/// gRPC's mapping of HTTP statuses to its own (grpc/doc/http-grpc-status-mapping.md).
+fn grpc_status(status: StatusCode) -> u16 {
+    const INTERNAL: u16 = 13;
+    const UNAUTHENTICATED: u16 = 16;
+    const PERMISSION_DENIED: u16 = 7;
+    const UNIMPLEMENTED: u16 = 12;
+    const UNAVAILABLE: u16 = 14;
+    const UNKNOWN: u16 = 2;
+    match status.as_u16() {
+        400 => INTERNAL,
+        401 => UNAUTHENTICATED,
+        403 => PERMISSION_DENIED,
+        404 => UNIMPLEMENTED,
+        429 | 502 | 503 | 504 => UNAVAILABLE,
+        _ => UNKNOWN,
+    }
+}
+
 pub fn json_response(
     status: StatusCode,
     body: &serde_json::Value,
@@ -142,6 +193,37 @@ pub fn json_response(
 mod tests {
     use super::*;
     use http_body_util::BodyExt;
+
+    #[tokio::test]
+    async fn grpc_requests_get_trailers_only_grpc_statuses() {
+        let cases = [
+            (GatewayError::BadPath(PathError::EncodedSlash), "13"),
+            (GatewayError::Forbidden("missing role"), "7"),
+            (GatewayError::CertificateRejected("revoked"), "7"),
+            (GatewayError::NotFound, "12"),
+            (GatewayError::Upstream(UpstreamError::Connect), "14"),
+            (GatewayError::Upstream(UpstreamError::Timeout), "14"),
+            (GatewayError::Draining, "14"),
+            (GatewayError::RequestBodyTimeout, "2"),
+            (GatewayError::HeadTooLarge, "2"),
+        ];
+        for (err, grpc_status) in cases {
+            let name = format!("{err:?}");
+            let code = err.code();
+            let resp = err.into_grpc_response("rid-1");
+            assert_eq!(resp.status(), StatusCode::OK, "{name}");
+            let h = resp.headers();
+            assert_eq!(h["content-type"], "application/grpc", "{name}");
+            assert_eq!(h["grpc-status"], grpc_status, "{name}");
+            assert_eq!(
+                h["grpc-message"],
+                format!("{code} (request_id rid-1)").as_str(),
+                "{name}"
+            );
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            assert!(body.is_empty(), "{name}: trailers-only has no body");
+        }
+    }
 
     #[tokio::test]
     async fn every_variant_maps_to_its_status_and_json() {
@@ -213,6 +295,11 @@ mod tests {
                 GatewayError::Upstream(UpstreamError::Timeout),
                 504,
                 "gateway_timeout",
+            ),
+            (
+                GatewayError::Upstream(UpstreamError::NoHealthyEndpoint),
+                503,
+                "no_healthy_upstream",
             ),
             (GatewayError::Draining, 503, "draining"),
         ];

@@ -142,17 +142,39 @@ fn has_underscore(name: &HeaderName) -> bool {
 }
 
 /// Connection-level headers that apply to one hop only (RFC 9110 §7.6.1).
-const HOP_BY_HOP: [&str; 9] = [
+/// `Trailer` is not one of them: it announces end-to-end trailer fields.
+/// `TE` is, but its `trailers` token is forwarded (see
+/// [`prepare_request_headers`]).
+const HOP_BY_HOP: [&str; 8] = [
     "connection",
     "keep-alive",
     "proxy-connection",
     "proxy-authorization",
     "proxy-authenticate",
     "te",
-    "trailer",
     "transfer-encoding",
     "upgrade",
 ];
+
+static TRAILERS: HeaderValue = HeaderValue::from_static("trailers");
+
+/// Whether the client said it accepts trailers (`TE: trailers`): the one
+/// `TE` token that is end to end in effect. gRPC servers refuse requests
+/// without it, and an HTTP/1.1 upstream sends trailers only after it.
+fn accepts_trailers(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::TE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| {
+            t.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .eq_ignore_ascii_case("trailers")
+        })
+}
 
 fn is_hop_by_hop(name: &HeaderName) -> bool {
     HOP_BY_HOP.contains(&name.as_str())
@@ -231,7 +253,11 @@ pub fn forwarded_for(peer_ip: IpAddr) -> HeaderValue {
 
 /// Rewrites an incoming request's headers into what the upstream receives.
 pub fn prepare_request_headers(headers: &mut HeaderMap, f: &Forwarding<'_>) {
+    let trailers = accepts_trailers(headers);
     strip_hop_by_hop(headers);
+    if trailers {
+        headers.insert(header::TE, TRAILERS.clone());
+    }
     match f.underscore_headers {
         UnderscoreHeaders::Drop => remove_where(headers, |n| is_spoofable(n) || has_underscore(n)),
         UnderscoreHeaders::Keep => remove_where(headers, is_spoofable),
@@ -254,6 +280,16 @@ pub fn prepare_request_headers(headers: &mut HeaderMap, f: &Forwarding<'_>) {
     headers.insert(&X_FORWARDED_FOR, f.forwarded_for.clone());
     headers.insert(&X_FORWARDED_PROTO, HTTPS.clone());
     headers.insert(&X_REQUEST_ID, f.request_id.clone());
+}
+
+/// Rewrites a client's request trailers for the upstream: the names a
+/// client may never set (identity and forwarding headers, in every
+/// spelling), any name with `_`, and hop-by-hop names are removed, since
+/// some upstream stacks merge trailers into the request's headers.
+pub fn strip_trailers(trailers: &mut HeaderMap) {
+    remove_where(trailers, |n| {
+        is_spoofable(n) || has_underscore(n) || is_hop_by_hop(n)
+    });
 }
 
 /// Size of the request head as `max_header_bytes` counts it: each field as
@@ -289,6 +325,33 @@ mod tests {
             spiffe_id: Some("spiffe://acme/x".into()),
             not_after: "2030-01-01T00:00:00Z".into(),
             ..Identity::default()
+        }
+    }
+
+    #[test]
+    fn te_keeps_only_trailers_and_trailer_is_end_to_end() {
+        for (te, kept) in [
+            ("trailers", true),
+            ("gzip, Trailers", true),
+            ("trailers;q=0.5", true),
+            ("gzip", false),
+            ("trailersx", false),
+        ] {
+            let mut h = HeaderMap::new();
+            h.insert(header::TE, HeaderValue::from_str(te).unwrap());
+            h.insert(header::TRAILER, HeaderValue::from_static("x-checksum"));
+            rewrite(
+                &mut h,
+                IdentityConfig::default(),
+                UnderscoreHeaders::Drop,
+                "127.0.0.9",
+            );
+            assert_eq!(
+                h.get(header::TE).map(|v| v.to_str().unwrap()),
+                kept.then_some("trailers"),
+                "{te}"
+            );
+            assert_eq!(h[header::TRAILER], "x-checksum", "{te}");
         }
     }
 

@@ -18,6 +18,8 @@ mod proxy_header;
 mod refusal;
 mod service;
 mod streams;
+mod tunnel;
+mod upgrade;
 mod verified;
 
 pub use client::ClientConnection;

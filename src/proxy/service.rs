@@ -7,12 +7,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::uri::PathAndQuery;
-use http::{header, HeaderValue, Method, Request, Response, StatusCode, Version};
+use http::{header, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::Either;
 
 use super::client::ClientConnection;
 use super::head;
 use super::headers::{self, Forwarding, X_REQUEST_ID};
+use super::tunnel::{Handoff, PendingTunnel};
+use super::upgrade::WebSocket;
 use super::verified::Grant;
 use super::{json_response, GatewayError, ProxyBody};
 use crate::exchange::{Progress, RequestBody};
@@ -27,7 +29,9 @@ pub(crate) const WHOAMI: &str = "/.certgate/whoami";
 
 /// What the access log line reports about one request.
 #[derive(Default)]
-struct Outcome {
+struct Outcome<'s> {
+    /// The upstream the request went to, once routed.
+    upstream_name: Option<&'s str>,
     /// Only filled when the access log is on.
     path: Option<String>,
     roles: Option<HeaderValue>,
@@ -46,49 +50,59 @@ pub async fn handle(
         _ => gw.next_request_id(),
     };
     let method = req.method().clone();
+    let grpc = is_grpc(req.headers());
     let state = gw.state();
     let mut outcome = Outcome::default();
 
     let result = process(&gw, &state, &client, req, &request_id, &mut outcome).await;
-    let mut resp = match result {
-        Ok(resp) => resp,
+    // A gateway-made gRPC error is an HTTP 200; it counts as the status it
+    // stands for.
+    let (mut resp, status) = match result {
+        Ok(resp) => {
+            let status = resp.status();
+            (resp, status)
+        }
         Err(e) => {
-            if let Some(kind) = e.upstream_kind() {
-                gw.metrics.requests.upstream_error(kind);
+            if let (Some(kind), Some(upstream)) = (e.upstream_kind(), outcome.upstream_name) {
+                gw.metrics.requests.upstream_error(upstream, kind);
             }
             if matches!(e, GatewayError::Forbidden(_)) {
                 gw.metrics.requests.authz_denied.inc();
             }
-            let resp = e.clone().into_response(request_id.to_str().unwrap_or(""));
+            let id = request_id.to_str().unwrap_or("");
+            let status = e.status();
+            let resp = match grpc {
+                true => e.clone().into_grpc_response(id),
+                false => e.clone().into_response(id),
+            };
             outcome.error = Some(e);
-            resp
+            (resp, status)
         }
     };
     resp.headers_mut().insert(&X_REQUEST_ID, request_id.clone());
     let elapsed = started.elapsed();
-    gw.metrics
-        .requests
-        .done(resp.status(), elapsed.as_secs_f64());
+    gw.metrics.requests.done(status, elapsed.as_secs_f64());
     if state.config.log.access_log {
-        access_log(
-            &client,
-            &method,
-            resp.status(),
-            &request_id,
-            &outcome,
-            elapsed,
-        );
+        access_log(&client, &method, status, &request_id, &outcome, elapsed);
     }
     Ok(resp)
 }
 
-async fn process(
+/// gRPC (`application/grpc`, `application/grpc+proto`, ...): its errors
+/// must be gRPC statuses, or clients report only "bad HTTP status".
+fn is_grpc(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+async fn process<'s>(
     gw: &Gateway,
-    state: &State,
+    state: &'s State,
     client: &ClientConnection,
     req: Request<RequestBody>,
     request_id: &HeaderValue,
-    outcome: &mut Outcome,
+    outcome: &mut Outcome<'s>,
 ) -> Result<Response<ProxyBody>, GatewayError> {
     if gw.is_draining() {
         return Err(GatewayError::Draining);
@@ -107,7 +121,9 @@ async fn process(
     // proxy requests, not requests to this gateway. HTTP/2 always carries a
     // scheme and authority, so only its path counts.
     let is_http1 = req.version() < Version::HTTP_2;
-    if req.method() == Method::CONNECT || (is_http1 && req.uri().scheme().is_some()) {
+    let websocket = WebSocket::requested(&req);
+    let plain_connect = req.method() == Method::CONNECT && websocket.is_none();
+    if plain_connect || (is_http1 && req.uri().scheme().is_some()) {
         return Err(GatewayError::BadPath(PathError::NotOriginForm));
     }
     head::check(req.version(), req.uri(), req.headers())?;
@@ -118,9 +134,16 @@ async fn process(
     }
 
     let grant = client.authenticate(state, &gw.metrics)?;
+    client.check_ocsp(state, &gw.metrics).await?;
     outcome.roles = Some(grant.roles_header.clone());
 
-    match decide(state, &path.path, req.method(), &grant.roles) {
+    // A WebSocket is authorized as the `GET` that opens it on HTTP/1.1,
+    // whichever protocol carries it.
+    let method = match websocket {
+        Some(_) => &Method::GET,
+        None => req.method(),
+    };
+    match decide(state, &path.path, method, &grant.roles) {
         Verdict::Whoami => return Ok(whoami(client, &grant)),
         Verdict::NoSuchEndpoint => return Err(GatewayError::NotFound),
         Verdict::Rules(Decision::Allow { .. }) => {}
@@ -129,7 +152,17 @@ async fn process(
         }
     }
 
-    let req = upstream_request(
+    // Routing comes after authorization and does not change it.
+    let authority = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri().authority().map(|a| a.as_str()));
+    let (upstream, _) = state.upstreams.for_request(&path.path, authority);
+    outcome.upstream_name = Some(upstream.name());
+    let mut req = req;
+    let client_upgrade = websocket.map(|_| hyper::upgrade::on(&mut req));
+    let mut req = upstream_request(
         state,
         client,
         &grant,
@@ -137,16 +170,39 @@ async fn process(
         path.into_forwarded(),
         request_id,
     )?;
+    if let Some(ws) = websocket {
+        ws.upstream_request(&mut req);
+    }
     let progress = req.body().progress().clone();
     progress.set_awaiting_head(true);
     let upstream_started = Instant::now();
-    let result = state.upstream.send(req).await;
+    let result = match websocket {
+        Some(_) => upstream.send_upgrade(req).await,
+        None => upstream.send(req).await,
+    };
     outcome.upstream = Some(upstream_started.elapsed());
     progress.set_awaiting_head(false);
-    let (mut parts, body) = result.map_err(|e| blame(e.into(), &progress))?.into_parts();
+    let mut resp = result.map_err(|e| blame(e.into(), &progress))?;
+    gw.metrics
+        .requests
+        .upstream_answered(upstream.name(), resp.status());
+    let tunnel = match (websocket, client_upgrade) {
+        (Some(ws), Some(client_side)) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
+            Some((
+                ws,
+                PendingTunnel::new(client_side, hyper::upgrade::on(&mut resp)),
+            ))
+        }
+        _ => None,
+    };
+    let (mut parts, body) = resp.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers);
     if !is_http1 {
         headers::detach_values(&mut parts.headers);
+    }
+    if let Some((ws, tunnel)) = tunnel {
+        ws.client_response(&mut parts);
+        parts.extensions.insert(Handoff::new(tunnel));
     }
     Ok(Response::from_parts(parts, Either::Left(body)))
 }
@@ -168,6 +224,8 @@ fn upstream_request(
     };
     let path_and_query = PathAndQuery::try_from(path_and_query)
         .map_err(|_| GatewayError::BadPath(PathError::NotOriginForm))?;
+    // The upstream gets the host the client asked for (HTTP/2's
+    // `:authority` as `Host`); the upstream url only says where to connect.
     if !parts.headers.contains_key(header::HOST) {
         if let Some(authority) = parts.uri.authority() {
             if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
@@ -175,8 +233,7 @@ fn upstream_request(
             }
         }
     }
-    parts.uri = state.upstream.uri_for(path_and_query);
-    parts.version = Version::HTTP_11;
+    parts.uri = Uri::from(path_and_query);
     headers::prepare_request_headers(
         &mut parts.headers,
         &Forwarding {

@@ -167,6 +167,11 @@ impl VerifiedClient {
         &self.chain[0]
     }
 
+    /// The chain as the client presented it, leaf first.
+    pub fn chain(&self) -> &[CertificateDer<'static>] {
+        &self.chain
+    }
+
     /// What `state`'s generation grants the client, re-verifying the chain
     /// first when `state` is newer than the generation that last checked
     /// it. `peer` names the connection that asked, for the log.

@@ -104,11 +104,24 @@ pub struct CertInfo {
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct CrlInfo {
     pub file: PathBuf,
+    /// The URL it was fetched from (`client_auth.crl_urls`); `None` for a file.
+    pub url: Option<String>,
+    /// RFC 3339.
+    pub this_update: String,
     pub issuer: String,
     pub revoked: usize,
     /// RFC 3339; absent when the CRL has no nextUpdate.
     pub next_update: Option<String>,
     pub next_update_unix: Option<i64>,
+}
+
+impl CrlInfo {
+    /// Where the CRL comes from: its URL, or its file.
+    pub fn source(&self) -> String {
+        self.url
+            .clone()
+            .unwrap_or_else(|| self.file.display().to_string())
+    }
 }
 
 /// Reads a file certgate will parse. A Java KeyStore is refused here,
@@ -283,23 +296,33 @@ pub fn load_crls(
     let mut out = Vec::new();
     for path in paths {
         let bytes = read(path)?;
-        let crls: Vec<CertificateRevocationListDer<'static>> =
-            if bytes.trim_ascii_start().starts_with(b"-----BEGIN") {
-                CertificateRevocationListDer::pem_slice_iter(&bytes)
-                    .collect::<Result<_, _>>()
-                    .map_err(|e| LoadError::new(path, format!("bad PEM CRL: {e}")))?
-            } else {
-                vec![CertificateRevocationListDer::from(bytes)]
-            };
-        if crls.is_empty() {
-            return Err(LoadError::new(path, "no X509 CRL block found"));
-        }
-        for crl in crls {
-            parse_crl(&crl).map_err(|reason| LoadError::new(path, reason))?;
-            out.push((path.clone(), crl));
-        }
+        let crls = crls_from_bytes(&bytes).map_err(|reason| LoadError::new(path, reason))?;
+        out.extend(crls.into_iter().map(|crl| (path.clone(), crl)));
     }
     Ok(out)
+}
+
+/// The CRLs in a file's or a download's bytes: PEM `X509 CRL` blocks or
+/// one DER CRL, each of which must parse.
+///
+/// # Errors
+/// Why the bytes hold no usable CRL.
+pub fn crls_from_bytes(bytes: &[u8]) -> Result<Vec<CertificateRevocationListDer<'static>>, String> {
+    let crls: Vec<CertificateRevocationListDer<'static>> =
+        if bytes.trim_ascii_start().starts_with(b"-----BEGIN") {
+            CertificateRevocationListDer::pem_slice_iter(bytes)
+                .collect::<Result<_, _>>()
+                .map_err(|e| format!("bad PEM CRL: {e}"))?
+        } else {
+            vec![CertificateRevocationListDer::from(bytes.to_vec())]
+        };
+    if crls.is_empty() {
+        return Err("no X509 CRL block found".into());
+    }
+    for crl in &crls {
+        parse_crl(crl)?;
+    }
+    Ok(crls)
 }
 
 fn parse_crl(der: &[u8]) -> Result<CertificateRevocationList<'_>, String> {
@@ -313,6 +336,8 @@ pub fn crl_info(file: &Path, der: &[u8]) -> Option<CrlInfo> {
     let next = crl.next_update().map(|t| t.timestamp());
     Some(CrlInfo {
         file: file.to_path_buf(),
+        url: None,
+        this_update: crate::identity::rfc3339(crl.last_update().timestamp()),
         issuer: crate::identity::rfc4514(crl.issuer()),
         revoked: crl.iter_revoked_certificates().count(),
         next_update: next.map(crate::identity::rfc3339),

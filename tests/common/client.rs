@@ -182,7 +182,8 @@ impl Conn {
             Sender::H2(_) => format!("https://localhost{path}"),
         };
         let mut builder = Request::builder().method(method).uri(uri);
-        if matches!(self.sender, Sender::H1(_)) {
+        let own_host = headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host"));
+        if matches!(self.sender, Sender::H1(_)) && !own_host {
             builder = builder.header("host", "localhost");
         }
         for (k, v) in headers {

@@ -24,6 +24,8 @@ mod client;
 mod daemon;
 mod files;
 mod pki;
+mod publisher;
+mod python;
 mod refusals;
 mod tools;
 mod upstream;
@@ -31,4 +33,7 @@ mod upstream;
 // A test binary that uses nothing of a submodule would otherwise be told
 // that its re-export is unused.
 #[allow(unused_imports)]
-pub use self::{client::*, daemon::*, files::*, pki::*, refusals::*, tools::*, upstream::*};
+pub use self::{
+    client::*, daemon::*, files::*, pki::*, publisher::*, python::*, refusals::*, tools::*,
+    upstream::*,
+};

@@ -44,6 +44,9 @@ pub struct TestCa {
     /// PEMs of the intermediates between this CA and its root (this CA's
     /// own certificate first when it is an intermediate).
     pub chain_pem: String,
+    /// The CA's private key (PKCS#8 PEM), for tools that sign as the CA
+    /// (`openssl ocsp -rkey`).
+    pub key_pem: String,
 }
 
 impl TestCa {
@@ -58,6 +61,7 @@ impl TestCa {
         TestCa {
             pem: cert.pem(),
             der: cert.der().clone(),
+            key_pem: key.serialize_pem(),
             issuer: Issuer::new(params, key),
             chain_pem: String::new(),
         }
@@ -73,6 +77,7 @@ impl TestCa {
         TestCa {
             pem: cert.pem(),
             der: cert.der().clone(),
+            key_pem: key.serialize_pem(),
             issuer: Issuer::new(params, key),
             chain_pem: format!("{}{}", cert.pem(), self.chain_pem),
         }
@@ -180,6 +185,8 @@ fn ca_params(cn: &str) -> CertificateParams {
 pub enum Eku {
     Client,
     Server,
+    /// id-kp-OCSPSigning: a delegated OCSP responder.
+    OcspSigning,
     None,
 }
 
@@ -204,6 +211,8 @@ pub struct LeafSpec {
     /// Subject attributes added after the CN (so rendered before it), e.g. a
     /// second CN as `DnType::CustomDnType(vec![2, 5, 4, 3])`.
     pub extra_dn: Vec<(DnType, String)>,
+    /// An OCSP responder URL for the Authority Information Access extension.
+    pub ocsp_url: Option<String>,
 }
 
 impl LeafSpec {
@@ -224,6 +233,15 @@ impl LeafSpec {
             is_ca: false,
             key_usages: None,
             extra_dn: vec![],
+            ocsp_url: None,
+        }
+    }
+
+    /// The same leaf naming `url` as its OCSP responder (AIA).
+    pub fn with_ocsp(self, url: &str) -> LeafSpec {
+        LeafSpec {
+            ocsp_url: Some(url.to_owned()),
+            ..self
         }
     }
 
@@ -283,6 +301,7 @@ impl LeafSpec {
         p.extended_key_usages = match self.eku {
             Eku::Client => vec![ExtendedKeyUsagePurpose::ClientAuth],
             Eku::Server => vec![ExtendedKeyUsagePurpose::ServerAuth],
+            Eku::OcspSigning => vec![ExtendedKeyUsagePurpose::OcspSigning],
             Eku::None => vec![],
         };
         p.key_usages = self
@@ -297,8 +316,29 @@ impl LeafSpec {
         p.not_after = self.not_after;
         p.serial_number = Some(next_serial());
         p.use_authority_key_identifier_extension = true;
+        if let Some(url) = &self.ocsp_url {
+            p.custom_extensions.push(aia_ocsp(url));
+        }
         p
     }
+}
+
+/// An Authority Information Access extension (RFC 5280 §4.2.2.1) with one
+/// OCSP access description; rcgen has no builder for it.
+fn aia_ocsp(url: &str) -> rcgen::CustomExtension {
+    const ID_AD_OCSP: &[u64] = &[1, 3, 6, 1, 5, 5, 7, 48, 1];
+    const ID_PE_AIA: &[u64] = &[1, 3, 6, 1, 5, 5, 7, 1, 1];
+    let value = yasna::construct_der(|w| {
+        w.write_sequence(|w| {
+            w.next().write_sequence(|w| {
+                w.next()
+                    .write_oid(&yasna::models::ObjectIdentifier::from_slice(ID_AD_OCSP));
+                w.next()
+                    .write_tagged_implicit(yasna::Tag::context(6), |w| w.write_ia5_string(url));
+            });
+        });
+    });
+    rcgen::CustomExtension::from_oid_content(ID_PE_AIA, value)
 }
 
 /// An issued leaf: its PEM, its chain (leaf then intermediates), and key.
