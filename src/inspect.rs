@@ -57,7 +57,7 @@ pub fn check(path: &Path) -> Result<Checked, LoadFailure> {
     crate::tls::install_provider();
     let (config, settings) = Config::load_with_problems(path)?;
     let config_dir = config.path.parent().map(Path::to_path_buf);
-    let built = State::build(Arc::new(config), 1);
+    let built = State::build_cached(Arc::new(config), 1);
     let settings = crate::config::ConfigError {
         file: path.to_path_buf(),
         problems: settings,

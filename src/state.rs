@@ -134,7 +134,15 @@ impl State {
     /// CRLs of `client_auth.crl_urls` come from `crl_cache_dir`, as a
     /// start that cannot reach them would use.
     pub fn load(path: &Path, generation: u64) -> Result<State, LoadFailure> {
-        let config = Arc::new(Config::load(path)?);
+        State::build_cached(Arc::new(Config::load(path)?), generation)
+    }
+
+    /// As [`State::build`], with the cached copies of the fetched CRLs
+    /// (what `check` and `explain` judge by, without fetching).
+    ///
+    /// # Errors
+    /// As [`State::build`].
+    pub fn build_cached(config: Arc<Config>, generation: u64) -> Result<State, LoadFailure> {
         let sources = Arc::new(Sources::default());
         for url in &config.client_auth.crl_urls {
             if let Some(Ok(crl)) =
