@@ -63,11 +63,16 @@ enum Command {
     },
     /// Validate the config and every file it names; print what would be loaded.
     ///
-    /// Exit 0 if valid, 2 (naming the file and the reason) if not.
+    /// Every problem is reported in one pass. Exit 0 if valid, 2 (naming
+    /// each file or key and the reason) if not.
     Check {
         /// Config file [default: $CERTGATE_CONFIG, then /etc/certgate/certgate.toml]
         #[arg(short, long)]
         config: Option<PathBuf>,
+        /// Also exit 2 for a served certificate that is expired, not yet
+        /// valid or expiring within 7 days, and for a CRL past its nextUpdate.
+        #[arg(long)]
+        strict: bool,
         /// Fetch the CRLs of client_auth.crl_urls now (else their cached copies are shown).
         #[arg(long)]
         online: bool,
@@ -95,11 +100,15 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
-    /// Run the gateway on a development PKI (certs/dev) with a built-in echo upstream.
+    /// Run the gateway on a development PKI (certs/dev) with a built-in echo upstream
+    /// (on a free port, in place of the config's upstream.url).
     #[cfg(feature = "dev-tools")]
     Demo {
         #[arg(long, default_value = "certs/dev")]
         dir: PathBuf,
+        /// Port of the mTLS listener [default: the one in DIR/certgate.toml, 8443]
+        #[arg(long)]
+        port: Option<u16>,
     },
     /// Serve the echo upstream alone (for tests and benchmarks).
     #[cfg(feature = "dev-tools")]
@@ -150,9 +159,11 @@ pub fn main() -> ExitCode {
     };
     match cli.command {
         Command::Run { config } => daemon::run(&config::resolve_path(config.as_deref())),
-        Command::Check { config, online } => {
-            check(&config::resolve_path(config.as_deref()), online)
-        }
+        Command::Check {
+            config,
+            strict,
+            online,
+        } => check(&config::resolve_path(config.as_deref()), strict, online),
         Command::Explain {
             config,
             cert,
@@ -167,7 +178,7 @@ pub fn main() -> ExitCode {
         #[cfg(feature = "dev-tools")]
         Command::DevPki { out } => crate::devtools::dev_pki(&out),
         #[cfg(feature = "dev-tools")]
-        Command::Demo { dir } => crate::devtools::demo(&dir),
+        Command::Demo { dir, port } => crate::devtools::demo(&dir, port),
         #[cfg(feature = "dev-tools")]
         Command::Echo { listen } => crate::devtools::echo(listen),
     }
@@ -249,15 +260,23 @@ fn write_completions(dir: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-fn check(path: &Path, online: bool) -> ExitCode {
-    let loaded = if online {
-        inspect::load_online(path)
+fn check(path: &Path, strict: bool, online: bool) -> ExitCode {
+    let checked = if online {
+        inspect::load_online(path).map(|(state, fetches)| (inspect::Checked::new(state), fetches))
     } else {
-        inspect::load(path).map(|state| (state, String::new()))
+        inspect::check(path).map(|checked| (checked, String::new()))
     };
-    match loaded {
-        Ok((state, fetches)) => {
-            print!("{fetches}{}", inspect::summary(&state));
+    match checked {
+        Ok((checked, fetches)) => {
+            print!("{fetches}{}", inspect::summary(&checked.state));
+            print!("{}", inspect::warnings_report(&checked.warnings));
+            if strict && !checked.warnings.is_empty() {
+                eprintln!(
+                    "certgate: --strict: {} problem(s) need attention",
+                    checked.warnings.len()
+                );
+                return ExitCode::from(EXIT_CONFIG);
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {

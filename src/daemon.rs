@@ -48,8 +48,15 @@ pub fn run(path: &Path) -> ExitCode {
     ExitCode::from(code)
 }
 
-/// The daemon body; `ready` (for `demo`) is told the bound mTLS address.
-pub async fn serve(config: Config, ready: Option<tokio::sync::oneshot::Sender<SocketAddr>>) -> u8 {
+/// The addresses the daemon is serving on, once it serves.
+#[derive(Debug, Clone, Copy)]
+pub struct Bound {
+    pub listener: SocketAddr,
+    pub admin: Option<SocketAddr>,
+}
+
+/// The daemon body; `ready` (for `demo`) is told the bound addresses.
+pub async fn serve(config: Config, ready: Option<tokio::sync::oneshot::Sender<Bound>>) -> u8 {
     // Handlers first: until they are installed, SIGHUP or SIGTERM would
     // kill the process outright.
     let (sighup, mut shutdown) = match install_signal_handlers() {
@@ -83,6 +90,7 @@ pub async fn serve(config: Config, ready: Option<tokio::sync::oneshot::Sender<So
             return EXIT_CONFIG;
         }
     };
+    state.log_warnings();
     let cfg = state.config.clone();
 
     let (listener, admin_listener) = match bind(&cfg).await {
@@ -94,6 +102,7 @@ pub async fn serve(config: Config, ready: Option<tokio::sync::oneshot::Sender<So
         }
     };
     let bound = listener.local_addr().ok();
+    let admin_bound = admin_listener.as_ref().and_then(|l| l.local_addr().ok());
     let gw = Gateway::new(state, metrics);
 
     let (hup_tx, hup_rx) = mpsc::channel(1);
@@ -103,7 +112,7 @@ pub async fn serve(config: Config, ready: Option<tokio::sync::oneshot::Sender<So
     tokio::spawn(refresh::run(gw.clone(), sources_tx));
     let verified_clients = Arc::new(proxy::VerifiedClients::default());
     if let Some(admin_listener) = admin_listener {
-        tracing::info!(address = %admin_listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "admin listener ready");
+        tracing::info!(address = %admin_bound.map(|a| a.to_string()).unwrap_or_default(), "admin listener ready");
         tokio::spawn(admin::serve(
             admin_listener,
             gw.clone(),
@@ -126,8 +135,11 @@ pub async fn serve(config: Config, ready: Option<tokio::sync::oneshot::Sender<So
     );
     systemd::ready(&gw.state());
     systemd::spawn_watchdog();
-    if let (Some(tx), Some(addr)) = (ready, bound) {
-        let _ = tx.send(addr);
+    if let (Some(tx), Some(listener)) = (ready, bound) {
+        let _ = tx.send(Bound {
+            listener,
+            admin: admin_bound,
+        });
     }
 
     let signal = shutdown.recv().await;
@@ -198,7 +210,7 @@ async fn drain(
             }
             Err(_) => {
                 let open = gw.metrics.connections.active.get();
-                tracing::error!(open_connections = open, ?timeout, "connections still open after listener.shutdown_timeout; closing them");
+                tracing::error!(open_connections = open, shutdown_timeout_ms = timeout.as_millis() as u64, "connections still open after listener.shutdown_timeout; closing them");
                 EXIT_RUNTIME
             }
         },

@@ -5,20 +5,21 @@
 
 use std::fmt::Write as _;
 use std::path::Path;
+use std::sync::Arc;
 
 use http::Method;
 use rustls::pki_types::UnixTime;
 
-use crate::config::{RevocationFallback, TlsVersion};
+use crate::config::{Config, RevocationFallback, TlsVersion};
 use crate::identity::Identity;
 use crate::policy::{normalize_path, AuthzDefault, Decision, Roles, Route};
 use crate::proxy::{self, Verdict};
 use crate::revocation::{crl, ocsp, Sources};
-use crate::state::{LoadFailure, State};
+use crate::state::{LoadFailure, State, StateWarning};
 use crate::tls::{load, verify::classify_rustls, CertKind};
 
 /// Server certificates expiring sooner than this are flagged by `check`.
-const EXPIRY_WARNING_DAYS: i64 = 30;
+const EXPIRY_WARNING_DAYS: f64 = 30.0;
 
 /// Loads the config and every file it names, as `run` does.
 ///
@@ -27,6 +28,60 @@ const EXPIRY_WARNING_DAYS: i64 = 30;
 pub fn load(path: &Path) -> Result<State, LoadFailure> {
     crate::tls::install_provider();
     State::load(path, 1)
+}
+
+/// What `check` found: the state that would serve, with what needs
+/// attention in it.
+pub struct Checked {
+    pub state: State,
+    pub warnings: Vec<StateWarning>,
+}
+
+impl Checked {
+    /// `state` with what needs attention in it now.
+    pub fn new(state: State) -> Checked {
+        let warnings = state.warnings(crate::clock::unix_now());
+        Checked { state, warnings }
+    }
+}
+
+/// Loads as [`load`] does, but reports every problem in one pass: the files
+/// are read even when settings are invalid (with the settings' safe
+/// stand-ins), so that a wrong key does not hide a missing file.
+///
+/// # Errors
+/// Every problem with the settings and the files. What stops the config
+/// from being read at all (unreadable, TOML syntax, an unknown key, a value
+/// of the wrong type) is reported alone.
+pub fn check(path: &Path) -> Result<Checked, LoadFailure> {
+    crate::tls::install_provider();
+    let (config, settings) = Config::load_with_problems(path)?;
+    let config_dir = config.path.parent().map(Path::to_path_buf);
+    let built = State::build_cached(Arc::new(config), 1);
+    let settings = crate::config::ConfigError {
+        file: path.to_path_buf(),
+        problems: settings,
+    };
+    let files = match built {
+        Ok(state) if settings.problems.is_empty() => return Ok(Checked::new(state)),
+        Ok(_) => Vec::new(),
+        Err(LoadFailure::Files { problems, .. }) => problems,
+        Err(other) => return Err(other),
+    };
+    if settings.problems.is_empty() {
+        return Err(LoadFailure::Files {
+            config: settings.file,
+            problems: files,
+        });
+    }
+    // A setting that is a problem stands in as an empty path (a certificate
+    // source given both ways) or the config's directory (an empty path):
+    // what reading it reports is that same problem again.
+    let files = files
+        .into_iter()
+        .filter(|f| !f.file.as_os_str().is_empty() && Some(&f.file) != config_dir.as_ref())
+        .collect();
+    Err(LoadFailure::SettingsAndFiles { settings, files })
 }
 
 /// As [`load`], with the CRLs of `client_auth.crl_urls` fetched now (as
@@ -38,8 +93,8 @@ pub fn load(path: &Path) -> Result<State, LoadFailure> {
 /// fetched nor a cached CRL is reported as a problem of the config file.
 pub fn load_online(path: &Path) -> Result<(State, String), LoadFailure> {
     crate::tls::install_provider();
-    let config = std::sync::Arc::new(crate::config::Config::load(path)?);
-    let sources = std::sync::Arc::new(Sources::default());
+    let config = Arc::new(Config::load(path)?);
+    let sources = Arc::new(Sources::default());
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -108,7 +163,7 @@ pub fn summary(state: &State) -> String {
 }
 
 /// Each upstream with its protocol and endpoints, then the routes.
-fn upstreams_report(cfg: &crate::config::Config, out: &mut String) {
+fn upstreams_report(cfg: &Config, out: &mut String) {
     for u in std::iter::once(&cfg.upstream).chain(&cfg.upstreams) {
         let health = match &u.health_check_path {
             Some(path) => format!("health check GET {path} every {:?}", u.health_interval),
@@ -142,13 +197,20 @@ fn certificates_report(state: &State, out: &mut String) {
             .as_deref()
             .map(|n| format!(" [{n}]"))
             .unwrap_or_default();
+        let sans: Vec<&str> = c
+            .dns_names
+            .iter()
+            .chain(&c.ip_addresses)
+            .map(String::as_str)
+            .collect();
         let _ = writeln!(
             *out,
-            "  {}{name}: {}  key={}  sans=[{}]  not_after={}{}  ({})",
+            "  {}{name}: {}  key={}  sans=[{}]  serial={}  not_after={}{}  ({})",
             c.kind,
             c.subject,
             c.key_type,
-            c.dns_names.join(","),
+            sans.join(","),
+            c.serial,
             c.not_after,
             expiry_warning(c.not_after_unix, now),
             c.file.display()
@@ -203,15 +265,22 @@ fn crls_report(state: &State, out: &mut String) {
     }
 }
 
+/// Days with two decimals: rounding 4.98 days down to "4 days" hides that
+/// the deadline is nearly a day later than it reads.
 fn expiry_warning(not_after_unix: i64, now: i64) -> String {
-    let days = (not_after_unix - now) / 86_400;
+    let days = (not_after_unix - now) as f64 / 86_400.0;
     if not_after_unix < now {
         "  EXPIRED".to_owned()
     } else if days < EXPIRY_WARNING_DAYS {
-        format!("  WARNING: expires in {days} days")
+        format!("  WARNING: expires in {days:.2} days")
     } else {
         String::new()
     }
+}
+
+/// The lines `check` prints after the summary for what needs attention.
+pub fn warnings_report(warnings: &[StateWarning]) -> String {
+    warnings.iter().map(|w| format!("warning: {w}\n")).collect()
 }
 
 fn describe_route(r: &Route) -> String {

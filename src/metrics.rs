@@ -592,7 +592,12 @@ mod tests {
             file: "x.pem".into(),
             subject: subject.into(),
             dns_names: vec![],
+            ip_addresses: vec![],
+            serial: "1".into(),
+            fingerprint_sha256: String::new(),
             key_type: "ECDSA P-256".into(),
+            not_before: String::new(),
+            not_before_unix: 0,
             not_after: String::new(),
             not_after_unix,
         }

@@ -166,6 +166,7 @@ impl Reloader {
                     crls = state.crls.len(),
                     "reloaded"
                 );
+                state.log_warnings();
                 self.failed = None;
                 self.gw.metrics.reloads.attempted(ReloadResult::Success);
                 self.gw.install(state);

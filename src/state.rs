@@ -79,7 +79,48 @@ pub enum LoadFailure {
         config: PathBuf,
         problems: Vec<LoadError>,
     },
+    /// Settings and files both: `check` reports every problem in one pass.
+    #[error("{settings}{}", problem_lines(.files))]
+    SettingsAndFiles {
+        settings: ConfigError,
+        files: Vec<LoadError>,
+    },
 }
+
+/// What an operator must act on in a state that loads: `check` prints it
+/// (and `check --strict` fails on it), `run` logs it at WARN at start and
+/// after each reload.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum StateWarning {
+    #[error("served certificate {subject} ({file}) expired at {not_after}")]
+    CertificateExpired {
+        subject: String,
+        file: String,
+        not_after: String,
+    },
+    #[error("served certificate {subject} ({file}) is not valid before {not_before}")]
+    CertificateNotYetValid {
+        subject: String,
+        file: String,
+        not_before: String,
+    },
+    #[error("served certificate {subject} ({file}) expires in {days:.2} days, at {not_after}")]
+    CertificateExpiresSoon {
+        subject: String,
+        file: String,
+        not_after: String,
+        days: f64,
+    },
+    #[error("CRL of {issuer} ({file}) is past its nextUpdate {next_update}")]
+    CrlPastNextUpdate {
+        issuer: String,
+        file: String,
+        next_update: String,
+    },
+}
+
+/// A served certificate expiring sooner than this is a [`StateWarning`].
+pub const EXPIRES_SOON_DAYS: f64 = 7.0;
 
 fn problem_lines(problems: &[LoadError]) -> String {
     problems.iter().map(|p| format!("\n  - {p}")).collect()
@@ -93,7 +134,15 @@ impl State {
     /// CRLs of `client_auth.crl_urls` come from `crl_cache_dir`, as a
     /// start that cannot reach them would use.
     pub fn load(path: &Path, generation: u64) -> Result<State, LoadFailure> {
-        let config = Arc::new(Config::load(path)?);
+        State::build_cached(Arc::new(Config::load(path)?), generation)
+    }
+
+    /// As [`State::build`], with the cached copies of the fetched CRLs
+    /// (what `check` and `explain` judge by, without fetching).
+    ///
+    /// # Errors
+    /// As [`State::build`].
+    pub fn build_cached(config: Arc<Config>, generation: u64) -> Result<State, LoadFailure> {
         let sources = Arc::new(Sources::default());
         for url in &config.client_auth.crl_urls {
             if let Some(Ok(crl)) =
@@ -178,6 +227,56 @@ impl State {
             sources,
             config,
         })
+    }
+
+    /// What an operator must act on at `now` (Unix seconds): served
+    /// certificates expired, not yet valid or expiring within
+    /// [`EXPIRES_SOON_DAYS`], and CRLs past their nextUpdate.
+    pub fn warnings(&self, now: i64) -> Vec<StateWarning> {
+        let mut warnings = Vec::new();
+        for c in self.certs.iter().filter(|c| c.kind.is_served()) {
+            let (subject, file) = (c.subject.clone(), c.file.display().to_string());
+            let days = (c.not_after_unix - now) as f64 / 86_400.0;
+            if c.not_after_unix < now {
+                warnings.push(StateWarning::CertificateExpired {
+                    subject,
+                    file,
+                    not_after: c.not_after.clone(),
+                });
+            } else if c.not_before_unix > now {
+                warnings.push(StateWarning::CertificateNotYetValid {
+                    subject,
+                    file,
+                    not_before: c.not_before.clone(),
+                });
+            } else if days < EXPIRES_SOON_DAYS {
+                warnings.push(StateWarning::CertificateExpiresSoon {
+                    subject,
+                    file,
+                    not_after: c.not_after.clone(),
+                    days,
+                });
+            }
+        }
+        for crl in &self.crls {
+            if let (Some(next), Some(text)) = (crl.next_update_unix, &crl.next_update) {
+                if next < now {
+                    warnings.push(StateWarning::CrlPastNextUpdate {
+                        issuer: crl.issuer.clone(),
+                        file: crl.file.display().to_string(),
+                        next_update: text.clone(),
+                    });
+                }
+            }
+        }
+        warnings
+    }
+
+    /// Logs each of [`State::warnings`] at WARN.
+    pub fn log_warnings(&self) {
+        for warning in self.warnings(crate::clock::unix_now()) {
+            tracing::warn!(generation = self.generation, problem = %warning, "served certificate or CRL needs attention");
+        }
     }
 
     /// The soonest notAfter among server certificates, for status lines.
@@ -272,7 +371,8 @@ fn load_client_auth(
     let cas = load::load_ca_certs(&ca.trusted_cas, ca.trusted_cas_password_file.as_deref())
         .map_err(|e| problems.push(e))
         .unwrap_or_default();
-    if cas.is_empty() && problems.is_empty() {
+    // No `trusted_cas` at all is a settings problem, reported as such.
+    if cas.is_empty() && problems.is_empty() && !ca.trusted_cas.is_empty() {
         problems.push(LoadError::new(
             first_or_config(&ca.trusted_cas, &config.path),
             "no CA certificates found: the client CA bundle is empty",

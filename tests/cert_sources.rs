@@ -503,10 +503,11 @@ async fn check_warns_about_certificates_expiring_within_30_days() {
             .unwrap_or_else(|| panic!("no `{prefix}` line in:\n{stdout}"))
             .to_owned()
     };
-    // Whole days left, however rounded: ten days less the seconds since issuing.
+    // Days with two decimals: ten days less the seconds since issuing.
     let soon = line("sni [soon.example.test]");
     assert!(
-        soon.contains("WARNING: expires in 9 days") || soon.contains("WARNING: expires in 10 days"),
+        soon.contains("WARNING: expires in 9.99 days")
+            || soon.contains("WARNING: expires in 10.00 days"),
         "{stdout}"
     );
     assert!(!line("server:").contains("WARNING"), "{stdout}");

@@ -106,7 +106,7 @@ fn check_warns_about_a_server_certificate_close_to_expiry() {
     let run = certgate(&["check", "-c", path_str(&setup.write_config())]);
     assert_eq!(run.code, 0, "{run:?}");
     assert!(
-        run.stdout.contains("WARNING: expires in 10 days"),
+        run.stdout.contains("WARNING: expires in 10.04 days"),
         "{}",
         run.stdout
     );

@@ -369,13 +369,7 @@ impl Config {
     /// A [`ConfigError`] listing every problem: unreadable file, TOML syntax,
     /// unknown keys, bad values.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            ConfigError::single(
-                path,
-                path.display().to_string(),
-                format!("cannot read: {e}"),
-            )
-        })?;
+        let text = read_config(path)?;
         Self::from_toml(path, &text, std::env::vars())
     }
 
@@ -388,9 +382,37 @@ impl Config {
         text: &str,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Config, ConfigError> {
+        let (config, problems) = Self::from_toml_with_problems(path, text, env)?;
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError {
+                file: config.path,
+                problems,
+            })
+        }
+    }
+
+    /// Reads the config file as `check` does: every invalid value is a
+    /// [`Problem`] and has a safe stand-in in the returned config, so that
+    /// the files it names can still be checked in the same pass.
+    ///
+    /// # Errors
+    /// Only what stops the reading itself: an unreadable file, TOML syntax,
+    /// unknown keys, a value of the wrong type.
+    pub fn load_with_problems(path: &Path) -> Result<(Config, Vec<Problem>), ConfigError> {
+        let text = read_config(path)?;
+        Self::from_toml_with_problems(path, &text, std::env::vars())
+    }
+
+    fn from_toml_with_problems(
+        path: &Path,
+        text: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<(Config, Vec<Problem>), ConfigError> {
         let path = absolute(path);
         let raw = parse_with_overrides(&path, text, env)?;
-        validate(&path, raw)
+        Ok(validate(&path, raw))
     }
 
     /// Every file this configuration names, config file first: what reload watches.
@@ -411,6 +433,16 @@ impl Config {
         }
         files
     }
+}
+
+fn read_config(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|e| {
+        ConfigError::single(
+            path,
+            path.display().to_string(),
+            format!("cannot read: {e}"),
+        )
+    })
 }
 
 /// The name of `[upstream]` in metrics and logs.
@@ -1063,7 +1095,8 @@ impl Validator<'_> {
     }
 }
 
-fn validate(path: &Path, raw: RawConfig) -> Result<Config, ConfigError> {
+/// The typed config, with a safe stand-in for every value that is a problem.
+fn validate(path: &Path, raw: RawConfig) -> (Config, Vec<Problem>) {
     let mut v = Validator {
         dir: path.parent().unwrap_or(Path::new("/")),
         problems: Vec::new(),
@@ -1094,13 +1127,7 @@ fn validate(path: &Path, raw: RawConfig) -> Result<Config, ConfigError> {
     };
     let log = v.log(&raw.log);
 
-    if !v.problems.is_empty() {
-        return Err(ConfigError {
-            file: path.to_path_buf(),
-            problems: v.problems,
-        });
-    }
-    Ok(Config {
+    let config = Config {
         path: path.to_path_buf(),
         listener,
         server_tls,
@@ -1114,7 +1141,8 @@ fn validate(path: &Path, raw: RawConfig) -> Result<Config, ConfigError> {
         admin,
         reload,
         log,
-    })
+    };
+    (config, v.problems)
 }
 
 fn valid_sni_pattern(name: &str) -> bool {

@@ -44,7 +44,11 @@ fn runtime() -> Option<tokio::runtime::Runtime> {
         .ok()
 }
 
-pub fn demo(dir: &Path) -> ExitCode {
+/// `certgate demo`: the gateway on the development PKI in `dir` (made if
+/// missing), on `port` when given, with the echo upstream on a port the
+/// system picks (in place of the config's `upstream.url`), so that a busy
+/// 8080 cannot stop it.
+pub fn demo(dir: &Path, port: Option<u16>) -> ExitCode {
     crate::tls::install_provider();
     let config_file = dir.join("certgate.toml");
     if !config_file.exists() {
@@ -54,37 +58,31 @@ pub fn demo(dir: &Path) -> ExitCode {
         }
         println!("created a development PKI in {}", dir.display());
     }
-    let config = match config::Config::load(&config_file) {
+    let mut config = match config::Config::load(&config_file) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("certgate: {e}");
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    if let Some(port) = port {
+        config.listener.address.set_port(port);
+    }
     crate::logging::init(&config.log);
     let Some(rt) = runtime() else {
         return ExitCode::from(EXIT_RUNTIME);
     };
-    let upstream = config
-        .upstream
-        .url
-        .authority()
-        .map(|a| a.as_str().to_owned())
-        .unwrap_or_default();
     let code = rt.block_on(async move {
-        let addr: SocketAddr = match upstream.parse() {
-            Ok(a) => a,
-            Err(_) => {
-                eprintln!("certgate: demo needs upstream.url with an IP:port, got {upstream}");
-                return EXIT_CONFIG;
-            }
-        };
-        match echo::bind(addr).await {
-            Ok((_, server)) => {
+        let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+        match echo::bind(loopback).await {
+            Ok((addr, server)) => {
                 tokio::spawn(server);
+                config.upstream.url = format!("http://{addr}")
+                    .parse()
+                    .expect("an IP:port makes a valid URL");
             }
             Err(e) => {
-                eprintln!("certgate: cannot start the echo upstream on {addr}: {e}");
+                eprintln!("certgate: cannot start the echo upstream on {loopback}: {e}");
                 return EXIT_RUNTIME;
             }
         }
@@ -94,8 +92,8 @@ pub fn demo(dir: &Path) -> ExitCode {
             .map(Path::to_path_buf)
             .unwrap_or_default();
         tokio::spawn(async move {
-            if let Ok(addr) = rx.await {
-                print_demo_commands(&dir_shown, addr);
+            if let Ok(bound) = rx.await {
+                print_demo_commands(&dir_shown, bound);
             }
         });
         daemon::serve(config, Some(tx)).await
@@ -103,9 +101,9 @@ pub fn demo(dir: &Path) -> ExitCode {
     ExitCode::from(code)
 }
 
-fn print_demo_commands(dir: &Path, addr: SocketAddr) {
+fn print_demo_commands(dir: &Path, bound: daemon::Bound) {
     let d = dir.display();
-    let url = format!("https://localhost:{}", addr.port());
+    let url = format!("https://localhost:{}", bound.listener.port());
     let curl =
         |who: &str| format!("curl --cacert {d}/ca.pem --cert {d}/{who}.pem --key {d}/{who}.key");
     println!("\ncertgate demo is listening on {url} (Ctrl-C to stop). Try:\n");
@@ -128,7 +126,10 @@ fn print_demo_commands(dir: &Path, addr: SocketAddr) {
         curl("revoked")
     );
     println!("  curl --cacert {d}/ca.pem {url}/api/orders                                  # handshake refused: no certificate");
-    println!("  curl http://127.0.0.1:9464/metrics\n");
+    match bound.admin {
+        Some(admin) => println!("  curl http://{admin}/metrics\n"),
+        None => println!("  (the admin listener is disabled: admin.address = \"\")\n"),
+    }
 }
 
 pub fn echo(listen: SocketAddr) -> ExitCode {

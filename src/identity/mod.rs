@@ -77,10 +77,7 @@ impl Identity {
             o: attribute_values(subject, &oid_registry::OID_X509_ORGANIZATION_NAME),
             issuer_cn: attribute_values(issuer, &oid_registry::OID_X509_COMMON_NAME),
             serial: serial_hex(cert.raw_serial()),
-            fingerprint_sha256: hex::encode(aws_lc_rs::digest::digest(
-                &aws_lc_rs::digest::SHA256,
-                der,
-            )),
+            fingerprint_sha256: fingerprint_sha256(der),
             not_before: rfc3339(cert.validity().not_before.timestamp()),
             not_after: rfc3339(cert.validity().not_after.timestamp()),
             not_after_unix: cert.validity().not_after.timestamp(),
@@ -111,6 +108,12 @@ impl Identity {
         };
         Ok(id)
     }
+}
+
+/// SHA-256 of a DER certificate, lowercase hex: the fingerprint logs,
+/// headers and `/status` name certificates by.
+pub fn fingerprint_sha256(der: &[u8]) -> String {
+    hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der))
 }
 
 /// Whether `uri` is in the `spiffe` scheme, in any case: such a URI SAN

@@ -17,14 +17,14 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::task::TaskTracker;
 
 use super::client::ClientConnection;
-use super::connection;
 use super::proxy_header;
 use super::verified::VerifiedClients;
+use super::{connection, refusal};
 use crate::config::ProxyProtocol;
 use crate::gateway::Gateway;
 use crate::metrics::{ActiveConnection, ProxyHeaderResult};
 use crate::state::State;
-use crate::tls::{classify_error, HandshakeFailure};
+use crate::tls::{classify_error, keep_refused_leaf, HandshakeFailure};
 
 /// First and longest pause after `accept` fails for lack of descriptors or
 /// memory: retrying at once would spin on the same error.
@@ -165,8 +165,12 @@ async fn handshake(
             }
         }
     };
-    let accept = TlsAcceptor::from(state.tls.clone()).accept(tcp);
-    let accept = tokio::time::timeout_at(deadline, accept);
+    // Fallible: a refused handshake hands the socket back, for the close
+    // that delivers the alert.
+    let accept = TlsAcceptor::from(state.tls.clone())
+        .accept(tcp)
+        .into_fallible();
+    let accept = tokio::time::timeout_at(deadline, keep_refused_leaf(accept));
     // A handshake still under way when the drain starts could only lead to
     // a 503, and a silent peer would hold the drain for handshake_timeout.
     let outcome = tokio::select! {
@@ -177,17 +181,18 @@ async fn handshake(
         }
     };
     match outcome {
-        Ok(Ok(tls)) => {
+        Ok((Ok(tls), _)) => {
             gw.metrics.handshakes.ok(started.elapsed().as_secs_f64());
             // Boxed: the stream (~1.2 KiB, mostly rustls state) would
             // otherwise be laid out several times over in the connection
             // task, which is kept for every open connection.
             Some((Box::new(tls), peer))
         }
-        Ok(Err(e)) => {
+        Ok((Err((e, tcp)), leaf)) => {
             let reason = classify_error(&e);
             gw.metrics.handshakes.failed(reason);
-            tracing::info!(%peer, reason = reason.label(), error = %e, "TLS handshake refused");
+            refusal::log(peer, reason, &e, leaf.as_ref());
+            refusal::close(tcp).await;
             None
         }
         Err(_) => {

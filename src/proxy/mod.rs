@@ -2,7 +2,8 @@
 //! PROXY protocol header a balancer sends before it (`proxy_header`), HTTP
 //! serving under the connection's timers (`connection`, `activity`), the
 //! client connection (`client`) and the verified client it shares with the
-//! client's other connections (`verified`), the per-request pipeline
+//! client's other connections (`verified`), a refused handshake's log line
+//! and graceful close (`refusal`), the per-request pipeline
 //! (`service`), HTTP/2 streams under their stall clocks (`streams`), header
 //! rewriting (`headers`) and gateway-made error responses (`error`).
 
@@ -14,6 +15,7 @@ mod head;
 pub mod headers;
 mod listener;
 mod proxy_header;
+mod refusal;
 mod service;
 mod streams;
 mod tunnel;

@@ -107,6 +107,11 @@ async fn process<'s>(
     if gw.is_draining() {
         return Err(GatewayError::Draining);
     }
+    // As sent until it is normalized: a refused path is what the operator
+    // needs to see (`bad_path`).
+    if state.config.log.access_log {
+        outcome.path = Some(req.uri().path().to_owned());
+    }
     let target_len = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
     let head_bytes = headers::head_size(req.headers()) + target_len;
     if head_bytes > state.config.listener.max_header_bytes {
@@ -306,7 +311,9 @@ fn access_log(
     outcome: &Outcome,
     elapsed: Duration,
 ) {
-    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    // Whole microseconds over 1000: at most 3 decimals (SPEC §15), where
+    // `as_secs_f64() * 1000.0` prints float noise like 0.12118999999999999.
+    let ms = |d: Duration| d.as_micros() as f64 / 1000.0;
     tracing::info!(
         target: "certgate::access",
         request_id = request_id.to_str().unwrap_or(""),

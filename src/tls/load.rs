@@ -89,7 +89,14 @@ pub struct CertInfo {
     pub file: PathBuf,
     pub subject: String,
     pub dns_names: Vec<String>,
+    /// IP address SANs.
+    pub ip_addresses: Vec<String>,
+    /// Lowercase hex, no leading zeros.
+    pub serial: String,
+    pub fingerprint_sha256: String,
     pub key_type: String,
+    pub not_before: String,
+    pub not_before_unix: i64,
     pub not_after: String,
     pub not_after_unix: i64,
 }
@@ -117,8 +124,33 @@ impl CrlInfo {
     }
 }
 
-fn read(file: &Path) -> Result<Vec<u8>, LoadError> {
-    std::fs::read(file).map_err(|e| LoadError::new(file, format!("cannot read: {e}")))
+/// Reads a file certgate will parse. A Java KeyStore is refused here,
+/// whatever the file was configured as: no parser would recognize it, and
+/// each would report a misleading DER or PEM error instead of the fix.
+pub(super) fn read(file: &Path) -> Result<Vec<u8>, LoadError> {
+    let bytes =
+        std::fs::read(file).map_err(|e| LoadError::new(file, format!("cannot read: {e}")))?;
+    if let Some(kind) = java_keystore(&bytes) {
+        let f = file.display();
+        return Err(LoadError::new(
+            file,
+            format!(
+                "this is a {kind} store, which certgate does not read; convert it to PKCS#12 with \
+                 `keytool -importkeystore -srckeystore {f} -destkeystore {f}.p12 -deststoretype pkcs12` \
+                 and configure the .p12 file"
+            ),
+        ));
+    }
+    Ok(bytes)
+}
+
+/// The magic numbers `keytool` writes: JKS `FEEDFEED`, JCEKS `CECECECE`.
+fn java_keystore(bytes: &[u8]) -> Option<&'static str> {
+    match bytes.get(..4)? {
+        [0xFE, 0xED, 0xFE, 0xED] => Some("Java KeyStore (JKS)"),
+        [0xCE, 0xCE, 0xCE, 0xCE] => Some("Java JCEKS"),
+        _ => None,
+    }
 }
 
 /// A PEM chain, leaf first.
@@ -327,10 +359,39 @@ pub fn cert_info(
         file: file.to_path_buf(),
         subject: id.subject,
         dns_names: id.dns,
+        ip_addresses: ip_addresses(&cert),
+        serial: id.serial,
+        fingerprint_sha256: id.fingerprint_sha256,
         key_type: key_type(&cert),
+        not_before: id.not_before,
+        not_before_unix: cert.validity().not_before.timestamp(),
         not_after: id.not_after,
         not_after_unix: id.not_after_unix,
     })
+}
+
+/// The iPAddress SANs, IPv4 or IPv6 (other lengths are name constraints'
+/// address ranges, never a certificate's own address).
+fn ip_addresses(cert: &X509Certificate<'_>) -> Vec<String> {
+    let Ok(Some(san)) = cert.subject_alternative_name() else {
+        return Vec::new();
+    };
+    san.value
+        .general_names
+        .iter()
+        .filter_map(|name| match name {
+            GeneralName::IPAddress(bytes) => match bytes.len() {
+                4 => <[u8; 4]>::try_from(*bytes)
+                    .ok()
+                    .map(|b| std::net::IpAddr::from(b).to_string()),
+                16 => <[u8; 16]>::try_from(*bytes)
+                    .ok()
+                    .map(|b| std::net::IpAddr::from(b).to_string()),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect()
 }
 
 fn key_type(cert: &X509Certificate<'_>) -> String {

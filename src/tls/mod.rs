@@ -14,7 +14,7 @@ pub mod verify;
 
 pub use load::{CertInfo, CertKind, CrlInfo, LoadError};
 pub use server::{build_server_config, ServerCerts};
-pub use verify::{build_client_verifier, classify_error, HandshakeFailure};
+pub use verify::{build_client_verifier, classify_error, keep_refused_leaf, HandshakeFailure};
 
 use std::sync::{Arc, OnceLock};
 

@@ -19,6 +19,7 @@ use p12_keystore::{
 };
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
+use super::load::read;
 use super::LoadError;
 
 /// Reads a password file, dropping one trailing newline (as `echo` writes it).
@@ -53,10 +54,6 @@ fn open_error(file: &Path, password_file: Option<&Path>, err: &P12Error) -> Load
         _ => format!("cannot open PKCS#12: {err}"),
     };
     LoadError::new(file, reason)
-}
-
-fn read(file: &Path) -> Result<Vec<u8>, LoadError> {
-    std::fs::read(file).map_err(|e| LoadError::new(file, format!("cannot read: {e}")))
 }
 
 fn der(cert: &Certificate) -> CertificateDer<'static> {

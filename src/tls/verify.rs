@@ -1,8 +1,10 @@
 //! The client-certificate verifier (rustls' `WebPkiClientVerifier`, with
-//! CRLs, plus the leaf checks webpki leaves out) and the mapping of its
-//! errors onto the handshake-failure reasons that metrics and logs report.
+//! CRLs, plus the leaf checks webpki leaves out), the leaf it refused (for
+//! the refusal's log line), and the mapping of its errors onto the
+//! handshake-failure reasons that metrics and logs report.
 
-use std::sync::Arc;
+use std::future::Future;
+use std::sync::{Arc, OnceLock};
 
 use rustls::client::danger::HandshakeSignatureValid;
 use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, UnixTime};
@@ -68,6 +70,32 @@ pub fn build_client_verifier(
     Ok(Arc::new(ClientVerifier { inner }))
 }
 
+tokio::task_local! {
+    /// The leaf of the handshake under way in this task, kept when the
+    /// verifier refuses it (see [`keep_refused_leaf`]).
+    static REFUSED_LEAF: Arc<OnceLock<CertificateDer<'static>>>;
+}
+
+/// Runs `handshake`, keeping the leaf certificate the verifier refuses in
+/// it: rustls drops the presented chain of a failed handshake, and the
+/// refusal's log line must still name the certificate. The verifier runs
+/// synchronously inside the handshake's poll, in this task, so a
+/// task-local slot ties the refused leaf to this handshake and no other;
+/// an accepted leaf is not copied.
+pub async fn keep_refused_leaf<F: Future>(
+    handshake: F,
+) -> (F::Output, Option<CertificateDer<'static>>) {
+    let slot = Arc::new(OnceLock::new());
+    let output = REFUSED_LEAF.scope(slot.clone(), handshake).await;
+    (output, slot.get().cloned())
+}
+
+/// Called on every refusal; a verification outside a handshake
+/// (`explain`, the per-request re-check) has no slot and keeps nothing.
+fn note_refused(end_entity: &CertificateDer<'_>) {
+    let _ = REFUSED_LEAF.try_with(|slot| slot.set(end_entity.clone().into_owned()));
+}
+
 /// rustls-webpki's client verifier with certgate's checks on the leaf after
 /// webpki has accepted the chain. Every other method is webpki's.
 #[derive(Debug)]
@@ -96,9 +124,12 @@ impl ClientCertVerifier for ClientVerifier {
     ) -> Result<ClientCertVerified, rustls::Error> {
         let verified = self
             .inner
-            .verify_client_cert(end_entity, intermediates, now)?;
-        check_leaf(end_entity)?;
-        Ok(verified)
+            .verify_client_cert(end_entity, intermediates, now)
+            .and_then(|verified| check_leaf(end_entity).map(|()| verified));
+        if verified.is_err() {
+            note_refused(end_entity);
+        }
+        verified
     }
 
     fn verify_tls12_signature(

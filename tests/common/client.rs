@@ -91,6 +91,11 @@ impl TestClient {
         }
     }
 
+    /// The rustls config, for clients that drive the TLS connection by hand.
+    pub fn config(&self) -> Arc<rustls::ClientConfig> {
+        self.config.clone()
+    }
+
     /// Opens a TLS connection and HTTP session. A refused client certificate
     /// usually surfaces on the first request (TLS 1.3 sends the server's
     /// verdict after the client considers the handshake done).

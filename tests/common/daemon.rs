@@ -148,15 +148,14 @@ impl Gateway {
             std::thread::spawn(move || {
                 let mut admin = None;
                 for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                    if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
-                        let addr = v["address"].as_str().and_then(|a| a.parse().ok());
-                        match v["message"].as_str() {
-                            Some("admin listener ready") => admin = addr,
-                            Some("certgate listening") => {
-                                let _ = tx.send((addr, admin));
-                            }
-                            _ => {}
+                    let (message, addr) = message_and_address(&line);
+                    let addr = addr.and_then(|a| a.parse().ok());
+                    match message.as_deref() {
+                        Some("admin listener ready") => admin = addr,
+                        Some("certgate listening") => {
+                            let _ = tx.send((addr, admin));
                         }
+                        _ => {}
                     }
                     logs.lock().unwrap().push(line);
                 }
@@ -249,6 +248,23 @@ impl Drop for Gateway {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The `message` and `address` fields of a log line, JSON or logfmt
+/// (`log.format = "text"`).
+fn message_and_address(line: &str) -> (Option<String>, Option<String>) {
+    if let Ok(v) = serde_json::from_str::<serde_json::Value>(line) {
+        let field = |k: &str| v[k].as_str().map(str::to_owned);
+        return (field("message"), field("address"));
+    }
+    let pairs = logfmt::parse(line);
+    let field = |k: &str| {
+        pairs
+            .iter()
+            .find(|p| p.key == k)
+            .and_then(|p| p.val.clone())
+    };
+    (field("message"), field("address"))
 }
 
 /// How long a starting daemon has to name its addresses and get ready.

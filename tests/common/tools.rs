@@ -7,8 +7,9 @@ use std::time::{Duration, Instant};
 /// when it is missing on a developer's machine; under CI (`CI` set), where
 /// `.ci/run` installs every tool, a missing one fails the test instead.
 pub fn have(tool: &str) -> bool {
-    // `openssl` answers `version`, `haproxy` only `-v`; most other tools `--version`.
-    let found = ["--version", "version", "-v"].iter().any(|arg| {
+    // `openssl` answers `version`, `haproxy` only `-v`, `keytool` only `-help`;
+    // most other tools `--version`.
+    let found = ["--version", "version", "-v", "-help"].iter().any(|arg| {
         Command::new(tool)
             .arg(arg)
             .stdout(Stdio::null())
