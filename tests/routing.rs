@@ -55,6 +55,24 @@ fn upstream_section(name: &str, endpoints: &[&NamedUpstream], extra: &str) -> St
 
 const OPEN: &str = "[authorization]\ndefault = \"authenticated\"\n";
 
+/// A default upstream `main`, and `billing` with endpoints `b1` and `b2`
+/// (its `extra` keys added) serving `/billing`.
+async fn billing_with_two_endpoints(
+    extra: &str,
+) -> (NamedUpstream, NamedUpstream, NamedUpstream, Setup) {
+    let (main, b1, b2) = (
+        NamedUpstream::start("main").await,
+        NamedUpstream::start("b1").await,
+        NamedUpstream::start("b2").await,
+    );
+    let mut setup = Setup::new(main.addr);
+    setup.extra = format!(
+        "{OPEN}{}[[route]]\npath = \"/billing\"\nupstream = \"billing\"\n",
+        upstream_section("billing", &[&b1, &b2], extra)
+    );
+    (main, b1, b2, setup)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn routes_by_path_and_host_reach_three_upstreams() {
     let (main, billing, reports) = (
@@ -103,16 +121,7 @@ async fn routes_by_path_and_host_reach_three_upstreams() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn two_endpoints_share_the_load_within_ten_percent() {
-    let (main, b1, b2) = (
-        NamedUpstream::start("main").await,
-        NamedUpstream::start("b1").await,
-        NamedUpstream::start("b2").await,
-    );
-    let mut setup = Setup::new(main.addr);
-    setup.extra = format!(
-        "{OPEN}{}[[route]]\npath = \"/billing\"\nupstream = \"billing\"\n",
-        upstream_section("billing", &[&b1, &b2], "")
-    );
+    let (main, b1, b2, setup) = billing_with_two_endpoints("").await;
     let gw = setup.start();
     let client = setup.client(&setup.ca.issue(&LeafSpec::client("loader")));
     let mut handles = Vec::new();
@@ -136,16 +145,7 @@ async fn two_endpoints_share_the_load_within_ten_percent() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_down_endpoint_rests_after_three_failed_connects_and_comes_back() {
-    let (main, mut b1, b2) = (
-        NamedUpstream::start("main").await,
-        NamedUpstream::start("b1").await,
-        NamedUpstream::start("b2").await,
-    );
-    let mut setup = Setup::new(main.addr);
-    setup.extra = format!(
-        "{OPEN}{}[[route]]\npath = \"/billing\"\nupstream = \"billing\"\n",
-        upstream_section("billing", &[&b1, &b2], "")
-    );
+    let (_main, mut b1, b2, setup) = billing_with_two_endpoints("").await;
     let gw = setup.start();
     let client = setup.client(&setup.ca.issue(&LeafSpec::client("prober")));
     b1.stop();
@@ -182,16 +182,7 @@ async fn a_down_endpoint_rests_after_three_failed_connects_and_comes_back() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn no_healthy_endpoint_is_503_no_healthy_upstream() {
-    let (main, mut b1, mut b2) = (
-        NamedUpstream::start("main").await,
-        NamedUpstream::start("b1").await,
-        NamedUpstream::start("b2").await,
-    );
-    let mut setup = Setup::new(main.addr);
-    setup.extra = format!(
-        "{OPEN}{}[[route]]\npath = \"/billing\"\nupstream = \"billing\"\n",
-        upstream_section("billing", &[&b1, &b2], "")
-    );
+    let (_main, mut b1, mut b2, setup) = billing_with_two_endpoints("").await;
     let gw = setup.start();
     let client = setup.client(&setup.ca.issue(&LeafSpec::client("unlucky")));
     b1.stop();
@@ -222,16 +213,8 @@ async fn no_healthy_endpoint_is_503_no_healthy_upstream() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_active_health_check_takes_an_endpoint_out_and_back() {
-    let (main, b1, b2) = (
-        NamedUpstream::start("main").await,
-        NamedUpstream::start("b1").await,
-        NamedUpstream::start("b2").await,
-    );
-    let mut setup = Setup::new(main.addr);
-    setup.extra = format!(
-        "{OPEN}{}[[route]]\npath = \"/billing\"\nupstream = \"billing\"\n",
-        upstream_section("billing", &[&b1, &b2], "health_check_path = \"/health\"")
-    );
+    let (_main, b1, _b2, setup) =
+        billing_with_two_endpoints("health_check_path = \"/health\"").await;
     let gw = setup.start();
     b1.set_healthy(false);
     assert!(
