@@ -1,8 +1,8 @@
 //! Several upstreams (SPEC §12): routes by path and host, endpoints
 //! balanced round robin, passive and active health, 503 when no endpoint
 //! is healthy, and pools that survive reloads which do not touch them.
-//! The upstreams are real HTTP/1.1 servers on loopback that name themselves
-//! and count the connections they accept.
+//! The upstreams are real HTTP/1.1 and HTTP/2 (h2c) servers on loopback that
+//! name themselves and count the connections they accept.
 
 mod common;
 
@@ -30,7 +30,7 @@ fn wait_generation(gw: &Gateway, generation: u64) {
 
 /// Which upstream answered, or the gateway's error.
 async fn who(conn: &mut Conn, path: &str, host: Option<&str>) -> String {
-    let headers: Vec<(&str, &str)> = host.map(|h| ("host", h)).into_iter().collect();
+    let headers: Vec<(&str, &str)> = host.map(|h| (":authority", h)).into_iter().collect();
     let reply = conn
         .request(http::Method::GET, path, &headers, bytes::Bytes::new())
         .await
@@ -39,6 +39,20 @@ async fn who(conn: &mut Conn, path: &str, host: Option<&str>) -> String {
         Some(name) => name.to_str().unwrap().to_owned(),
         None => format!("{} {}", reply.status, String::from_utf8_lossy(&reply.body)),
     }
+}
+
+/// The HTTP version the upstream received the request in.
+async fn upstream_version(conn: &mut Conn, path: &str, host: Option<&str>) -> String {
+    let headers: Vec<(&str, &str)> = host.map(|h| (":authority", h)).into_iter().collect();
+    let reply = conn
+        .request(http::Method::GET, path, &headers, bytes::Bytes::new())
+        .await
+        .expect("request");
+    assert_eq!(reply.status, 200, "{path}: {:?}", reply.body);
+    reply.headers["x-upstream-version"]
+        .to_str()
+        .unwrap()
+        .to_owned()
 }
 
 fn upstream_section(name: &str, endpoints: &[&NamedUpstream], extra: &str) -> String {
@@ -78,13 +92,13 @@ async fn routes_by_path_and_host_reach_three_upstreams() {
     let (main, billing, reports) = (
         NamedUpstream::start("main").await,
         NamedUpstream::start("billing").await,
-        NamedUpstream::start("reports").await,
+        NamedUpstream::start_h2("reports").await,
     );
     let mut setup = Setup::new(main.addr);
     setup.extra = format!(
         "{OPEN}{}{}[[route]]\npath = \"/billing\"\nupstream = \"billing\"\n\n[[route]]\npath = \"/\"\nhost = \"reports.example.org\"\nupstream = \"reports\"\n",
         upstream_section("billing", &[&billing], ""),
-        upstream_section("reports", &[&reports], ""),
+        upstream_section("reports", &[&reports], "protocol = \"http2\"\n"),
     );
     let gw = setup.start();
     let client = setup.client(&setup.ca.issue(&LeafSpec::client("router")));
@@ -109,9 +123,28 @@ async fn routes_by_path_and_host_reach_three_upstreams() {
         .await
         .unwrap();
     assert_eq!(who(&mut h2, "/billing/42", None).await, "billing");
+    // reports speaks HTTP/2 to the gateway whatever the client speaks, and
+    // billing HTTP/1.1.
+    let reports_host = Some("reports.example.org");
+    assert_eq!(
+        upstream_version(&mut conn, "/r", reports_host).await,
+        "HTTP/2.0"
+    );
+    assert_eq!(
+        upstream_version(&mut h2, "/r", reports_host).await,
+        "HTTP/2.0"
+    );
+    assert_eq!(
+        upstream_version(&mut h2, "/billing/1", None).await,
+        "HTTP/1.1"
+    );
     assert_eq!(
         gw.metric("certgate_upstream_requests_total{code=\"200\",upstream=\"billing\"}"),
-        4.0
+        5.0
+    );
+    assert_eq!(
+        gw.metric("certgate_upstream_requests_total{code=\"200\",upstream=\"reports\"}"),
+        3.0
     );
     assert_eq!(
         gw.metric("certgate_upstream_requests_total{code=\"200\",upstream=\"default\"}"),

@@ -177,14 +177,21 @@ impl Conn {
         headers: &[(&str, &str)],
         body: Bytes,
     ) -> Result<Reply, String> {
+        // An `:authority` entry names the server in the way of the
+        // protocol: the `:authority` of HTTP/2, the `Host` of HTTP/1.1.
+        let authority = headers
+            .iter()
+            .find(|(k, _)| *k == ":authority")
+            .map_or("localhost", |(_, v)| *v);
+        let headers = headers.iter().filter(|(k, _)| *k != ":authority");
         let uri = match &self.sender {
             Sender::H1(_) => path.to_owned(),
-            Sender::H2(_) => format!("https://localhost{path}"),
+            Sender::H2(_) => format!("https://{authority}{path}"),
         };
         let mut builder = Request::builder().method(method).uri(uri);
-        let own_host = headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host"));
+        let own_host = headers.clone().any(|(k, _)| k.eq_ignore_ascii_case("host"));
         if matches!(self.sender, Sender::H1(_)) && !own_host {
-            builder = builder.header("host", "localhost");
+            builder = builder.header("host", authority);
         }
         for (k, v) in headers {
             builder = builder.header(*k, *v);

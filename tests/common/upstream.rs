@@ -12,8 +12,9 @@ pub async fn echo_upstream() -> SocketAddr {
     addr
 }
 
-/// An HTTP/1.1 upstream that names itself: every response is `200` with
-/// `x-upstream: NAME`, except `/health`, which answers as
+/// An HTTP/1.1 (or, from [`NamedUpstream::start_h2`], h2c) upstream that
+/// names itself: every response is `200` with `x-upstream: NAME` and
+/// `x-upstream-version` the HTTP version the request came in, except `/health`, which answers as
 /// [`NamedUpstream::set_healthy`] says. It counts the connections it
 /// accepts and the requests it serves, closes connections idle for
 /// `idle_close` (as servlet containers' keep-alive timeouts do), and can be
@@ -25,6 +26,7 @@ pub struct NamedUpstream {
     pub served: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     healthy: std::sync::Arc<std::sync::atomic::AtomicBool>,
     idle_close: Option<std::time::Duration>,
+    http2: bool,
     task: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -33,9 +35,22 @@ impl NamedUpstream {
         NamedUpstream::start_with(name, None).await
     }
 
+    /// An upstream that speaks HTTP/2 with prior knowledge (h2c) only.
+    pub async fn start_h2(name: &'static str) -> NamedUpstream {
+        NamedUpstream::listen(name, None, true).await
+    }
+
     pub async fn start_with(
         name: &'static str,
         idle_close: Option<std::time::Duration>,
+    ) -> NamedUpstream {
+        NamedUpstream::listen(name, idle_close, false).await
+    }
+
+    async fn listen(
+        name: &'static str,
+        idle_close: Option<std::time::Duration>,
+        http2: bool,
     ) -> NamedUpstream {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let mut up = NamedUpstream {
@@ -45,6 +60,7 @@ impl NamedUpstream {
             served: Default::default(),
             healthy: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true)),
             idle_close,
+            http2,
             task: None,
         };
         up.serve(listener);
@@ -81,12 +97,13 @@ impl NamedUpstream {
     fn serve(&mut self, listener: tokio::net::TcpListener) {
         use hyper::service::service_fn;
         use std::sync::atomic::Ordering;
-        let (name, accepted, served, healthy, idle_close) = (
+        let (name, accepted, served, healthy, idle_close, http2) = (
             self.name,
             self.accepted.clone(),
             self.served.clone(),
             self.healthy.clone(),
             self.idle_close,
+            self.http2,
         );
         self.task = Some(tokio::spawn(async move {
             let mut connections = tokio::task::JoinSet::new();
@@ -114,19 +131,27 @@ impl NamedUpstream {
                                 http::Response::builder()
                                     .status(status)
                                     .header("x-upstream", name)
+                                    .header("x-upstream-version", format!("{:?}", req.version()))
                                     .body(http_body_util::Full::new(bytes::Bytes::from(name)))
                                     .unwrap(),
                             )
                         }
                     });
+                    let io = hyper_util::rt::TokioIo::new(tcp);
+                    if http2 {
+                        let _ = hyper::server::conn::http2::Builder::new(
+                            hyper_util::rt::TokioExecutor::new(),
+                        )
+                        .serve_connection(io, service)
+                        .await;
+                        return;
+                    }
                     let mut builder = hyper::server::conn::http1::Builder::new();
                     builder.timer(hyper_util::rt::TokioTimer::new());
                     if let Some(idle) = idle_close {
                         builder.header_read_timeout(idle);
                     }
-                    let _ = builder
-                        .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
-                        .await;
+                    let _ = builder.serve_connection(io, service).await;
                 });
             }
         }));
