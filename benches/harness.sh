@@ -13,7 +13,12 @@
 #   - nginx from Debian's package, 1 worker, configured like certgate:
 #     ssl_verify_client on, same CA and CRL, X25519 only, role map + path
 #     and method check, the same identity headers, keep-alive upstream pool,
-#     access logs off on both.
+#     access logs off on both;
+#   - for the keep-alive scenarios also "nginx lean": the same TLS and
+#     client-certificate checks, but no role map and no method check, and
+#     only four identity headers (subject, issuer, serial, fingerprint): the
+#     least an nginx in front of one API is configured with. certgate still
+#     does all of its work against it.
 # and measures, one target after another:
 #   hs_ecdsa, hs_rsa   full mTLS handshakes, one request per new connection
 #                      (benches/loadclient.rs: offers only X25519, never resumes);
@@ -60,7 +65,7 @@ CLK_TCK=$(getconf CLK_TCK)
 RESULTS=$OUT/results.jsonl
 
 PIDS=()
-declare -A PID PORT # by target name: cg1, cgN, nginx, upstream
+declare -A PID PORT # by target name: cg1, cgN, nginx, nginx_lean, upstream
 RUN_NO=0
 WRAP=(env) # launcher prefix for gateways (profile mode: valgrind)
 log() { printf '[harness] %s\n' "$*" >&2; }
@@ -268,35 +273,27 @@ EOF
     wait_port "$GRPC_UP_PORT"
 }
 
-start_nginx_gateway() { # pki dir
-    local pki=$1 dir=$RUN/nginx
-    NG_PORT=$(free_port)
-    mkdir -p "$dir"
-    {
-        nginx_common "$dir"
-        cat <<EOF
-http {
+# The http block's opening both nginx gateways share: no access log,
+# long keep-alive to the clients and a keep-alive pool to the upstream.
+nginx_gateway_http() { # dir
+    cat <<EOF
     access_log off;
-$(nginx_temp_paths "$dir")
+$(nginx_temp_paths "$1")
     keepalive_timeout 300s;
     keepalive_requests 100000000;
-    # certgate: [[roles.map]] cn = "user", ou = "apps" => ROLE_USER
-    map \$ssl_client_s_dn \$client_roles {
-        default "";
-        "~^CN=user,OU=apps(,|$)" "ROLE_USER";
-    }
     upstream backend {
         server 127.0.0.1:$UP_PORT;
         keepalive 64;
         keepalive_requests 100000000;
     }
-    upstream grpc_backend {
-        server 127.0.0.1:$GRPC_UP_PORT;
-        keepalive 64;
-        keepalive_requests 100000000;
-    }
-    server {
-        listen 127.0.0.1:$NG_PORT ssl http2 backlog=4096;
+EOF
+}
+
+# The listener and client-certificate checks both nginx gateways share.
+nginx_gateway_tls() { # pki port
+    local pki=$1 port=$2
+    cat <<EOF
+        listen 127.0.0.1:$port ssl http2 backlog=4096;
         ssl_certificate $pki/server.pem;
         ssl_certificate_key $pki/server.key;
         ssl_client_certificate $pki/ca.pem;
@@ -305,6 +302,30 @@ $(nginx_temp_paths "$dir")
         ssl_crl $pki/crl.pem;
         ssl_protocols TLSv1.2 TLSv1.3;
         ssl_ecdh_curve X25519;
+EOF
+}
+
+start_nginx_gateway() { # pki
+    local pki=$1 dir=$RUN/nginx
+    NG_PORT=$(free_port)
+    mkdir -p "$dir"
+    {
+        nginx_common "$dir"
+        cat <<EOF
+http {
+$(nginx_gateway_http "$dir")
+    # certgate: [[roles.map]] cn = "user", ou = "apps" => ROLE_USER
+    map \$ssl_client_s_dn \$client_roles {
+        default "";
+        "~^CN=user,OU=apps(,|$)" "ROLE_USER";
+    }
+    upstream grpc_backend {
+        server 127.0.0.1:$GRPC_UP_PORT;
+        keepalive 64;
+        keepalive_requests 100000000;
+    }
+    server {
+$(nginx_gateway_tls "$pki" "$NG_PORT")
         # certgate: [[authorization.rule]] path = "/api", methods = GET/HEAD, roles = ["ROLE_USER"]
         location /api/ {
             limit_except GET { deny all; }
@@ -344,6 +365,38 @@ EOF
     } >"$dir/nginx.conf"
     start_nginx nginx
     wait_port "$NG_PORT"
+}
+
+# nginx with the least an mTLS proxy in front of one API is configured
+# with: every certificate check, but no roles, no method check and four
+# identity headers.
+start_nginx_lean() { # pki
+    local pki=$1 dir=$RUN/nginx_lean
+    NG_LEAN_PORT=$(free_port)
+    mkdir -p "$dir"
+    {
+        nginx_common "$dir"
+        cat <<EOF
+http {
+$(nginx_gateway_http "$dir")
+    server {
+$(nginx_gateway_tls "$pki" "$NG_LEAN_PORT")
+        location /api/ {
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header X-Client-Subject \$ssl_client_s_dn;
+            proxy_set_header X-Client-Issuer \$ssl_client_i_dn;
+            proxy_set_header X-Client-Serial \$ssl_client_serial;
+            proxy_set_header X-Client-Fingerprint \$ssl_client_fingerprint;
+        }
+        location / { return 403; }
+    }
+}
+EOF
+    } >"$dir/nginx.conf"
+    start_nginx nginx_lean
+    wait_port "$NG_LEAN_PORT"
 }
 
 start_certgate() { # name, pki dir, worker threads ("" = runtime default), [upstream url, upstream protocol]
@@ -412,7 +465,7 @@ stop() { # pid
 # The processes whose CPU and memory count for a target.
 target_pids() {
     case $1 in
-    nginx | upstream) echo "${PID[$1]} $(pgrep -P "${PID[$1]}" | tr '\n' ' ')" ;; # master + worker
+    nginx | nginx_lean | upstream) echo "${PID[$1]} $(pgrep -P "${PID[$1]}" | tr '\n' ' ')" ;; # master + worker
     direct) target_pids upstream ;;
     *) echo "${PID[$1]}" ;;
     esac
@@ -421,6 +474,7 @@ target_pids() {
 target_port() {
     case $1 in
     nginx) echo "$NG_PORT" ;;
+    nginx_lean) echo "$NG_LEAN_PORT" ;;
     direct) echo "$UP_PORT" ;;
     *) echo "${PORT[$1]}" ;;
     esac
@@ -511,6 +565,11 @@ check_forwarding() { # pki: both gateways must answer 200 and forward the same i
         [[ -z $first || $body == "$first" ]] || die "the gateways forward different identities"
         first=$body
     done
+    # nginx lean forwards the same subject and no roles.
+    body=$(curl -sS --fail --cacert "$pki/ca.pem" --cert "$pki/user.pem" --key "$pki/user.key" \
+        "https://localhost:$(target_port nginx_lean)/api/bench") || die "nginx_lean refused the benchmark client"
+    log "  nginx_lean forwards: $body"
+    [[ $body == "${first% roles=*} roles=" ]] || die "nginx_lean does not forward the same subject"
 }
 
 # A real gRPC client (grpcio, from the test venv) through both gateways:
@@ -565,6 +624,7 @@ gateways_up() { # pki
     start_certgate cg1 "$1" 1
     start_certgate cgN "$1" ""
     start_nginx_gateway "$1"
+    start_nginx_lean "$1"
     check_forwarding "$1"
 }
 
@@ -572,6 +632,7 @@ gateways_down() {
     stop "${PID[cg1]}"
     stop "${PID[cgN]}"
     stop "${PID[nginx]}"
+    stop "${PID[nginx_lean]}"
 }
 
 handshake_scenario() { # name pki
@@ -641,10 +702,10 @@ def num(v, fmt):
 out.append(sys.argv[3])
 out.append("")
 out.append("Server CPU per operation (µs, lower is better) and throughput (req/s, the load client shares the machine); "
-           "ratio = certgate / nginx; keep-alive rows are the median of %d interleaved runs:" % max(r["runs"] for r in by.values()))
+           "each ratio = the certgate column / the nginx column to its left (the last: certgate {N} threads / nginx); keep-alive rows are the median of %d interleaved runs:" % max(r["runs"] for r in by.values()))
 out.append("")
-out.append("| scenario | certgate 1 thread | nginx 1 worker | ratio | certgate %s threads | ratio |" % "{N}")
-out.append("|---|---|---|---|---|---|")
+out.append("| scenario | certgate 1 thread | nginx 1 worker | ratio | nginx lean 1 worker | ratio | certgate %s threads | ratio |" % "{N}")
+out.append("|---|---|---|---|---|---|---|---|")
 names = {
     "hs_ecdsa": "full handshake + 1 req, ECDSA P-256",
     "hs_rsa": "full handshake + 1 req, RSA-2048",
@@ -655,18 +716,18 @@ names = {
     "grpc": "gRPC unary, {C} HTTP/2 connections x 4 streams",
 }
 for sc, label in names.items():
-    cg1, ng, cgn = by.get((sc, "cg1")), by.get((sc, "nginx")), by.get((sc, "cgN"))
+    cg1, ng, lean, cgn = (by.get((sc, t)) for t in ("cg1", "nginx", "nginx_lean", "cgN"))
     if not (cg1 and ng):
         continue
     cpu = lambda r: r and r["cpu_us_per_op"]
     rps = lambda r: r and r["rps"]
-    out.append("| %s: CPU µs/op | %s | %s | %s | %s | %s |" % (label, num(cpu(cg1), "%.1f"), num(cpu(ng), "%.1f"),
-               ratio(cpu(cg1), cpu(ng)), num(cpu(cgn), "%.1f"), ratio(cpu(cgn), cpu(ng))))
-    out.append("| %s: req/s | %s | %s | %s | %s | %s |" % (label, num(rps(cg1), "%.0f"), num(rps(ng), "%.0f"),
-               ratio(rps(cg1), rps(ng)), num(rps(cgn), "%.0f"), ratio(rps(cgn), rps(ng))))
+    for what, value, fmt in (("CPU µs/op", cpu, "%.1f"), ("req/s", rps, "%.0f")):
+        out.append("| %s: %s | %s | %s | %s | %s | %s | %s | %s |" % (label, what, num(value(cg1), fmt), num(value(ng), fmt),
+                   ratio(value(cg1), value(ng)), num(value(lean), fmt), ratio(value(cg1), value(lean)),
+                   num(value(cgn), fmt), ratio(value(cgn), value(ng))))
 shares = []
 for sc in ("h1_keepalive", "h2"):
-    for t, label in (("cg1", "certgate"), ("nginx", "nginx")):
+    for t, label in (("cg1", "certgate"), ("nginx", "nginx"), ("nginx_lean", "nginx lean")):
         r = by.get((sc, t))
         if r and r.get("cpu_s") and r.get("cpu_sys_s") is not None:
             shares.append("%s %s %.0f%%" % (names[sc], label, 100 * r["cpu_sys_s"] / r["cpu_s"]))
@@ -741,7 +802,7 @@ callgrind_total() { # file: instructions counted in a callgrind dump
 # counters, run a fixed load, dump. Counts are exact and immune to the noise
 # of a shared machine (user space only; syscalls are counted above).
 callgrind_ops() { # pki target pid
-    local pki=$1 t=$2 pid=$3 dir=$OUT/profile out ok n=10000
+    local pki=$1 t=$2 pid=$3 dir=$OUT/profile out ok n=10000 f
     local tls=(--cacert "$pki/ca.pem" --cert "$pki/user.pem" --key "$pki/user.key")
     local url
     url="https://localhost:$(target_port "$t")/api/bench"
@@ -749,16 +810,19 @@ callgrind_ops() { # pki target pid
     callgrind_control -z "$pid" >/dev/null
     env -u TOKIO_WORKER_THREADS "$OHA" --no-tui --output-format quiet -n "$n" -c 8 "${tls[@]}" "$url"
     callgrind_dump "$pid" "$dir/callgrind.$t.keepalive"
+    env -u TOKIO_WORKER_THREADS "$OHA" --no-tui --output-format quiet -n "$n" --http2 -c 2 -p 4 "${tls[@]}" "$url"
+    callgrind_dump "$pid" "$dir/callgrind.$t.h2"
     out=$(loadclient handshakes "$pki" "$t" --concurrency 4 --seconds 20)
     callgrind_dump "$pid" "$dir/callgrind.$t.handshakes"
     ok=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["ok"])' "$out")
     {
         echo "$t: $(($(callgrind_total "$dir/callgrind.$t.keepalive") / n)) instructions per keep-alive HTTP/1.1 request (incl. 8 handshakes over $n requests)"
+        echo "$t: $(($(callgrind_total "$dir/callgrind.$t.h2") / n)) instructions per HTTP/2 request (2 connections x 4 streams, incl. 2 handshakes over $n requests)"
         echo "$t: $(($(callgrind_total "$dir/callgrind.$t.handshakes") / ok)) instructions per full handshake + 1 request ($ok handshakes)"
     } | tee -a "$dir/summary.txt" >&2
-    for f in "$dir/callgrind.$t.keepalive" "$dir/callgrind.$t.handshakes"; do
-        callgrind_annotate --inclusive=yes "$f" >"$f.inclusive.txt" 2>/dev/null || true
-        callgrind_self "$f" "$([[ $f == *keepalive ]] && echo "$n" || echo "$ok")" >"$f.self.txt"
+    for f in keepalive h2 handshakes; do
+        callgrind_annotate --inclusive=yes "$dir/callgrind.$t.$f" >"$dir/callgrind.$t.$f.inclusive.txt" 2>/dev/null || true
+        callgrind_self "$dir/callgrind.$t.$f" "$([[ $f == handshakes ]] && echo "$ok" || echo "$n")" >"$dir/callgrind.$t.$f.self.txt"
     done
 }
 
@@ -817,10 +881,13 @@ profile() {
     log "syscalls per keep-alive request (strace)"
     start_certgate cg1 "$pki" 1
     start_nginx_gateway "$pki"
+    start_nginx_lean "$pki"
     syscalls_per_request "$pki" cg1
     syscalls_per_request "$pki" nginx
+    syscalls_per_request "$pki" nginx_lean
     stop "${PID[cg1]}"
     stop "${PID[nginx]}"
+    stop "${PID[nginx_lean]}"
 
     log "instructions per operation (callgrind; slow)"
     WRAP=(valgrind --tool=callgrind --callgrind-out-file="$OUT/profile/callgrind.cg1.%p")
@@ -831,6 +898,10 @@ profile() {
     NGINX_MASTER=off start_nginx_gateway "$pki"
     callgrind_ops "$pki" nginx "${PID[nginx]}"
     stop "${PID[nginx]}"
+    WRAP=(valgrind --tool=callgrind --callgrind-out-file="$OUT/profile/callgrind.nginx_lean.%p")
+    NGINX_MASTER=off start_nginx_lean "$pki"
+    callgrind_ops "$pki" nginx_lean "${PID[nginx_lean]}"
+    stop "${PID[nginx_lean]}"
     WRAP=(env)
     log "profiles in $OUT/profile:"
     cat "$OUT/profile/summary.txt"
@@ -882,12 +953,12 @@ compare() {
     fi
     for _ in $(seq "$ROUNDS"); do
         if want h1_keepalive; then
-            for t in cg1 nginx cgN; do
+            for t in cg1 nginx nginx_lean cgN; do
                 measure h1_keepalive "$t" oha oha_tls "$ecdsa" "$t" -c "$CONNS" -w
             done
         fi
         if want h2; then
-            for t in cg1 nginx cgN; do
+            for t in cg1 nginx nginx_lean cgN; do
                 measure h2 "$t" oha oha_tls "$ecdsa" "$t" --http2 -c $((CONNS / 4)) -p 4
             done
         fi

@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 
 use http::Request;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
-use tokio::sync::Notify;
 
+use super::signal::Signal;
 use super::tunnel::PendingTunnel;
 use crate::config::ListenerConfig;
 use crate::exchange::{Progress, RequestBody, Watch};
@@ -70,7 +70,7 @@ pub(super) struct Activity {
     /// Wakes the connection loop when its next deadline may have moved
     /// earlier: a head started, an HTTP/1 request began, or the last
     /// in-flight request finished.
-    pub(super) changed: Notify,
+    pub(super) changed: Signal,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,8 +122,14 @@ impl Activity {
             close_requested: AtomicBool::new(false),
             progress: Arc::new(Progress::new()),
             tunnel: Mutex::new(None),
-            changed: Notify::new(),
+            changed: Signal::default(),
         }
+    }
+
+    /// HTTP/1: the connection has request heads to time, and one exchange
+    /// at a time.
+    pub(super) fn tracks_heads(&self) -> bool {
+        self.tracks_heads
     }
 
     pub(super) fn set_tunnel(&self, tunnel: PendingTunnel) {
@@ -185,7 +191,7 @@ impl Activity {
         drop(s);
         if self.tracks_heads {
             // The connection's timer moves from the head to the exchange.
-            self.changed.notify_one();
+            self.changed.raise();
         }
         InFlight(self.clone())
     }
@@ -204,7 +210,7 @@ impl Activity {
         let mut s = self.lock();
         if s.in_flight == 0 && s.head_started.is_none() {
             s.head_started = Some(Instant::now());
-            self.changed.notify_one();
+            self.changed.raise();
         }
     }
 
@@ -235,7 +241,7 @@ impl Activity {
     /// what is in flight is done (HTTP/2: GOAWAY).
     pub(super) fn request_close(&self) {
         self.close_requested.store(true, Ordering::Relaxed);
-        self.changed.notify_one();
+        self.changed.raise();
     }
 
     pub(super) fn close_requested(&self) -> bool {
@@ -276,7 +282,7 @@ impl Drop for InFlight {
         s.in_flight -= 1;
         s.last = Instant::now();
         if s.in_flight == 0 {
-            self.0.changed.notify_one();
+            self.0.changed.raise();
         }
     }
 }

@@ -46,6 +46,7 @@ use tokio_rustls::server::TlsStream;
 
 use super::activity::{Activity, Expiry, Tracked, CLOSE_GRACE};
 use super::client::ClientConnection;
+use super::signal::Gate;
 use super::streams::{current_stream, stream_stalled, StreamExecutor};
 use super::tunnel::{Handoff, TunnelLimits};
 use super::{service, ProxyBody};
@@ -87,69 +88,29 @@ pub(super) async fn serve(
         idle: limits.idle_timeout,
         shutdown: limits.shutdown_timeout,
     };
-    let service = {
-        let activity = activity.clone();
-        let gw = gw.clone();
-        let client = client.clone();
-        service_fn(move |req: http::Request<Incoming>| {
-            let (gw, client, activity) = (gw.clone(), client.clone(), activity.clone());
-            // `handle` is called inside the block: a future captured by an
-            // `async` block takes its size twice there (capture and awaitee),
-            // and hyper keeps a slot of this block's size per connection.
-            async move {
-                // On HTTP/2 this block runs in the stream's own task, under
-                // the stream's stall clock.
-                let progress = match http2 {
-                    true => current_stream().unwrap_or_else(|| {
-                        debug_assert!(false, "HTTP/2 streams run under StreamExecutor");
-                        Arc::new(Progress::new())
-                    }),
-                    false => activity.progress.clone(),
-                };
-                let (in_flight, req) = activity.begin(req, progress.clone());
-                let mut resp = service::handle(gw.clone(), client.clone(), req).await?;
-                let handoff = resp.extensions_mut().remove::<Handoff>();
-                if let Some(tunnel) = handoff.and_then(|h| h.take()) {
-                    if http2 {
-                        // The stream outlives this request's task; the
-                        // connection lives on while the stream is open.
-                        tokio::spawn(async move {
-                            let refused = client.refused_later(&gw);
-                            tunnel.run(&gw, &client, tunnel_limits, refused).await;
-                        });
-                    } else {
-                        // Run by the connection's own task once hyper hands
-                        // over the connection (see `serve_http1`).
-                        activity.set_tunnel(tunnel);
-                    }
-                }
-                // `Connection: close` from the gateway (a certificate a
-                // reload refused, draining): hyper ends an HTTP/1
-                // connection after this response by itself; an HTTP/2
-                // connection, where the header cannot go, gets GOAWAY.
-                if resp.headers().get(CONNECTION).is_some_and(|v| v == "close") {
-                    activity.request_close();
-                }
-                // The request stays in flight until its response body is
-                // sent, so a long download is not mistaken for idleness.
-                Ok::<_, Infallible>(resp.map(|body| Tracked {
-                    body,
-                    progress,
-                    _in_flight: in_flight,
-                }))
-            }
-        })
+    let respond_to = {
+        let (gw, client, activity) = (gw.clone(), client.clone(), activity.clone());
+        move |req| {
+            respond(
+                gw.clone(),
+                client.clone(),
+                activity.clone(),
+                req,
+                tunnel_limits,
+            )
+        }
     };
     // One drain subscription for the connection's life: the loop below turns
-    // twice per request, and a fresh `drain_started()` each time showed up in profiles.
-    let drained = gw.drain_started();
-    tokio::pin!(drained);
-    // Boxed: it holds a timer for the certificate's expiry, which an idle
-    // connection task should not carry inline.
-    let refused = Box::pin({
+    // twice per request, and a fresh `drain_started()` each time showed up in
+    // profiles. Both ends are gated (see `signal`): the loop's turns do not
+    // poll them unless they woke. Boxed: the refusal holds a timer for the
+    // certificate's expiry, which an idle connection task should not carry
+    // inline.
+    let mut drained = Gate::new(Box::pin(gw.drain_started()));
+    let mut refused = Gate::new(Box::pin({
         let (gw, client) = (gw.clone(), client.clone());
         async move { client.refused_later(&gw).await }
-    });
+    }));
     let conn = Conn {
         activity,
         limits,
@@ -158,19 +119,78 @@ pub(super) async fn serve(
         gw: gw.clone(),
         client,
         closing_since: None,
+        timer: Box::pin(tokio::time::sleep_until(tokio::time::Instant::now())),
+        timer_at: None,
     };
-    let mut refused = refused;
     let ends = Ends {
-        drained,
-        refused: refused.as_mut(),
+        drained: Pin::new(&mut drained),
+        refused: Pin::new(&mut refused),
     };
     if http2 {
         // Boxed: hyper's HTTP/2 connection state is laid out inline in this
         // future; an HTTP/1 connection task should not carry its size.
+        // The service future boxed: a stream's task holds it inline, and
+        // hyper's executor moved its kilobytes twice per request, which
+        // cost more than the allocation (callgrind). An HTTP/1 connection
+        // keeps it in a slot that hyper already boxed.
+        let service = service_fn(move |req| Box::pin(respond_to(req)));
         Box::pin(conn.serve_http2(tls, service, ends)).await;
     } else {
-        conn.serve_http1(tls, service, ends).await;
+        conn.serve_http1(tls, service_fn(respond_to), ends).await;
     }
+}
+
+/// One request, from the service hyper calls: authorized and proxied by
+/// `service::handle`, tracked in the connection's [`Activity`] until its
+/// response body has been sent.
+async fn respond(
+    gw: Arc<Gateway>,
+    client: Arc<ClientConnection>,
+    activity: Arc<Activity>,
+    req: http::Request<Incoming>,
+    tunnel_limits: TunnelLimits,
+) -> Result<http::Response<Tracked<ProxyBody>>, Infallible> {
+    let http2 = !activity.tracks_heads();
+    // On HTTP/2 this runs in the stream's own task, under the stream's
+    // stall clock.
+    let progress = match http2 {
+        true => current_stream().unwrap_or_else(|| {
+            debug_assert!(false, "HTTP/2 streams run under StreamExecutor");
+            Arc::new(Progress::new())
+        }),
+        false => activity.progress.clone(),
+    };
+    let (in_flight, req) = activity.begin(req, progress.clone());
+    let mut resp = service::handle(gw.clone(), client.clone(), req).await?;
+    let handoff = resp.extensions_mut().remove::<Handoff>();
+    if let Some(tunnel) = handoff.and_then(|h| h.take()) {
+        if http2 {
+            // The stream outlives this request's task; the
+            // connection lives on while the stream is open.
+            tokio::spawn(async move {
+                let refused = client.refused_later(&gw);
+                tunnel.run(&gw, &client, tunnel_limits, refused).await;
+            });
+        } else {
+            // Run by the connection's own task once hyper hands
+            // over the connection (see `serve_http1`).
+            activity.set_tunnel(tunnel);
+        }
+    }
+    // `Connection: close` from the gateway (a certificate a
+    // reload refused, draining): hyper ends an HTTP/1
+    // connection after this response by itself; an HTTP/2
+    // connection, where the header cannot go, gets GOAWAY.
+    if resp.headers().get(CONNECTION).is_some_and(|v| v == "close") {
+        activity.request_close();
+    }
+    // The request stays in flight until its response body is
+    // sent, so a long download is not mistaken for idleness.
+    Ok::<_, Infallible>(resp.map(|body| Tracked {
+        body,
+        progress,
+        _in_flight: in_flight,
+    }))
 }
 
 /// The per-connection context of the serving loops.
@@ -183,6 +203,13 @@ struct Conn<'a> {
     client: Arc<ClientConnection>,
     /// When the connection was asked to close (idle or draining).
     closing_since: Option<Instant>,
+    /// The connection's one timer, armed at `timer_at` (unarmed: `None`).
+    /// Deadlines mostly move later (each request and byte pushes them out),
+    /// so it is re-armed only when one moves earlier or when it fires:
+    /// firing early is checked and costs a turn, while re-arming on every
+    /// turn cost a timer-wheel update per turn.
+    timer: Pin<Box<tokio::time::Sleep>>,
+    timer_at: Option<Instant>,
 }
 
 /// What ends a connection from outside: the drain, and a reload whose
@@ -360,12 +387,10 @@ impl Conn<'_> {
                     .chain(activity.set_aside_at(&snapshot))
                     .min();
             }
-            let timer = async move {
-                match next {
-                    Some(at) => tokio::time::sleep_until(at.into()).await,
-                    None => std::future::pending().await,
-                }
-            };
+            if let Some(at) = next.filter(|at| self.timer_at.is_none_or(|armed| *at < armed)) {
+                self.timer.as_mut().reset(at.into());
+                self.timer_at = Some(at);
+            }
             let served = poll_fn(|cx| match conn.as_mut().poll(cx) {
                 Poll::Ready(result) => {
                     if let Err(e) = result {
@@ -391,8 +416,9 @@ impl Conn<'_> {
                     self.refused(reason);
                     return Served::Ended;
                 }
-                _ = activity.changed.notified() => {}
-                _ = timer => {
+                () = activity.changed.raised() => {}
+                () = self.timer.as_mut(), if self.timer_at.is_some() => {
+                    self.timer_at = None;
                     let now = Instant::now();
                     let snapshot = activity.snapshot();
                     match activity.next_expiry(&snapshot, limits, self.closing_since, now) {

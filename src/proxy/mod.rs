@@ -17,6 +17,7 @@ mod listener;
 mod proxy_header;
 mod refusal;
 mod service;
+mod signal;
 mod streams;
 mod tunnel;
 mod upgrade;
