@@ -136,8 +136,9 @@ impl Upstream {
         &self,
         req: Request<RequestBody>,
     ) -> Result<Response<Incoming>, UpstreamError> {
-        self.within_timeout(self.exchange(req, Want::Configured))
+        tokio::time::timeout(self.timeout, self.exchange(req, Want::Configured))
             .await
+            .unwrap_or(Err(UpstreamError::Timeout))
     }
 
     /// Sends an `Upgrade` request (WebSocket) on a new HTTP/1.1 connection
@@ -146,14 +147,7 @@ impl Upstream {
         &self,
         req: Request<RequestBody>,
     ) -> Result<Response<Incoming>, UpstreamError> {
-        self.within_timeout(self.exchange(req, Want::Http1)).await
-    }
-
-    async fn within_timeout(
-        &self,
-        exchange: impl std::future::Future<Output = Result<Response<Incoming>, UpstreamError>>,
-    ) -> Result<Response<Incoming>, UpstreamError> {
-        tokio::time::timeout(self.timeout, exchange)
+        tokio::time::timeout(self.timeout, self.exchange(req, Want::Http1))
             .await
             .unwrap_or(Err(UpstreamError::Timeout))
     }
@@ -202,13 +196,7 @@ impl Upstream {
                         // went out (the upstream ended it while it was idle):
                         // once more on a new connection, when that is safe.
                         Some(req) if reused && is_idempotent(req.method()) => {
-                            tracing::debug!(endpoint = %endpoint.address, "idle upstream connection closed; retrying on a new one");
-                            let Connected::Http1(mut fresh) =
-                                connect(endpoint, Want::Http1).await?
-                            else {
-                                unreachable!("asked for HTTP/1.1");
-                            };
-                            let resp = fresh.send_request(req).await.map_err(|e| broke(&e))?;
+                            let (fresh, resp) = Box::pin(retry_http1(endpoint, req)).await?;
                             sender = fresh;
                             resp
                         }
@@ -240,18 +228,9 @@ impl Upstream {
         if !endpoint.connector.may_speak_http2() || pool.chose_http1() {
             return Ok((connect(endpoint, Want::Configured).await?, false));
         }
-        // One HTTP/2 connection carries every request: the first request
-        // opens it while the others wait for it.
-        let _opening = pool.http2_opening.lock().await;
-        if let Some(shared) = pool.http2() {
-            return Ok((Connected::Http2(shared), true));
-        }
-        let connected = connect(endpoint, Want::Configured).await?;
-        match &connected {
-            Connected::Http2(sender) => pool.share_http2(sender),
-            Connected::Http1(_) => pool.note_chose_http1(),
-        }
-        Ok((connected, false))
+        // Boxed, as connecting is: a request that finds a connection
+        // should not carry this path's state in its future.
+        Box::pin(open_shared(endpoint)).await
     }
 
     fn http1_request(&self, mut req: Request<RequestBody>) -> Request<RequestBody> {
@@ -282,6 +261,42 @@ impl Upstream {
         *req.uri_mut() = Uri::from_parts(parts).expect("scheme, authority and path are each valid");
         req
     }
+}
+
+/// The first request to an endpoint that may speak HTTP/2 opens the one
+/// connection that carries every request, while the others wait for it.
+async fn open_shared(endpoint: &Endpoint) -> Result<(Connected, bool), UpstreamError> {
+    let pool = &endpoint.pool;
+    let _opening = pool.http2_opening.lock().await;
+    if let Some(shared) = pool.http2() {
+        return Ok((Connected::Http2(shared), true));
+    }
+    let connected = connect(endpoint, Want::Configured).await?;
+    match &connected {
+        Connected::Http2(sender) => pool.share_http2(sender),
+        Connected::Http1(_) => pool.note_chose_http1(),
+    }
+    Ok((connected, false))
+}
+
+/// `req` once more, on a new HTTP/1.1 connection: the idle one it was
+/// given closed before a byte of it went out.
+async fn retry_http1(
+    endpoint: &Endpoint,
+    req: Request<RequestBody>,
+) -> Result<
+    (
+        hyper::client::conn::http1::SendRequest<RequestBody>,
+        Response<Incoming>,
+    ),
+    UpstreamError,
+> {
+    tracing::debug!(endpoint = %endpoint.address, "idle upstream connection closed; retrying on a new one");
+    let Connected::Http1(mut fresh) = connect(endpoint, Want::Http1).await? else {
+        unreachable!("asked for HTTP/1.1");
+    };
+    let resp = fresh.send_request(req).await.map_err(|e| broke(&e))?;
+    Ok((fresh, resp))
 }
 
 /// A new connection to `endpoint`, counted in its health.
