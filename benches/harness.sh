@@ -9,7 +9,8 @@
 # It builds certgate in release, makes two PKIs (ECDSA P-256 with
 # `certgate dev-pki`, RSA-2048 with openssl), and starts:
 #   - one upstream for everybody: nginx (1 worker) answering `return 200`;
-#   - certgate twice: TOKIO_WORKER_THREADS=1, and the default (one per core);
+#   - certgate twice: TOKIO_WORKER_THREADS=1 (tokio's current-thread
+#     scheduler), and the default (a work-stealing worker per core);
 #   - nginx from Debian's package, 1 worker, configured like certgate:
 #     ssl_verify_client on, same CA and CRL, X25519 only, role map + path
 #     and method check, the same identity headers, keep-alive upstream pool,
@@ -305,13 +306,33 @@ nginx_gateway_tls() { # pki port
 EOF
 }
 
-start_nginx_gateway() { # pki
-    local pki=$1 dir=$RUN/nginx
-    NG_PORT=$(free_port)
+# Writes $RUN/<name>/nginx.conf from the http block on stdin, starts it and
+# waits for its port.
+run_nginx_gateway() { # name port
+    local name=$1 port=$2 dir=$RUN/$1
     mkdir -p "$dir"
     {
         nginx_common "$dir"
-        cat <<EOF
+        cat
+    } >"$dir/nginx.conf"
+    start_nginx "$name"
+    wait_port "$port"
+}
+
+# The four certificate headers both nginx setups send upstream.
+nginx_identity_headers() { # directive: proxy_set_header or grpc_set_header
+    cat <<EOF
+            $1 X-Client-Subject \$ssl_client_s_dn;
+            $1 X-Client-Issuer \$ssl_client_i_dn;
+            $1 X-Client-Serial \$ssl_client_serial;
+            $1 X-Client-Fingerprint \$ssl_client_fingerprint;
+EOF
+}
+
+start_nginx_gateway() { # pki
+    local pki=$1 dir=$RUN/nginx
+    NG_PORT=$(free_port)
+    run_nginx_gateway nginx "$NG_PORT" <<EOF
 http {
 $(nginx_gateway_http "$dir")
     # certgate: [[roles.map]] cn = "user", ou = "apps" => ROLE_USER
@@ -333,10 +354,7 @@ $(nginx_gateway_tls "$pki" "$NG_PORT")
             proxy_pass http://backend;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
-            proxy_set_header X-Client-Subject \$ssl_client_s_dn;
-            proxy_set_header X-Client-Issuer \$ssl_client_i_dn;
-            proxy_set_header X-Client-Serial \$ssl_client_serial;
-            proxy_set_header X-Client-Fingerprint \$ssl_client_fingerprint;
+$(nginx_identity_headers proxy_set_header)
             proxy_set_header X-Client-Not-After \$ssl_client_v_end;
             proxy_set_header X-Client-Roles \$client_roles;
             proxy_set_header X-Forwarded-For \$remote_addr;
@@ -348,10 +366,7 @@ $(nginx_gateway_tls "$pki" "$NG_PORT")
             limit_except POST { deny all; }
             if (\$client_roles = "") { return 403; }
             grpc_pass grpc://grpc_backend;
-            grpc_set_header X-Client-Subject \$ssl_client_s_dn;
-            grpc_set_header X-Client-Issuer \$ssl_client_i_dn;
-            grpc_set_header X-Client-Serial \$ssl_client_serial;
-            grpc_set_header X-Client-Fingerprint \$ssl_client_fingerprint;
+$(nginx_identity_headers grpc_set_header)
             grpc_set_header X-Client-Not-After \$ssl_client_v_end;
             grpc_set_header X-Client-Roles \$client_roles;
             grpc_set_header X-Forwarded-For \$remote_addr;
@@ -362,9 +377,6 @@ $(nginx_gateway_tls "$pki" "$NG_PORT")
     }
 }
 EOF
-    } >"$dir/nginx.conf"
-    start_nginx nginx
-    wait_port "$NG_PORT"
 }
 
 # nginx with the least an mTLS proxy in front of one API is configured
@@ -373,10 +385,7 @@ EOF
 start_nginx_lean() { # pki
     local pki=$1 dir=$RUN/nginx_lean
     NG_LEAN_PORT=$(free_port)
-    mkdir -p "$dir"
-    {
-        nginx_common "$dir"
-        cat <<EOF
+    run_nginx_gateway nginx_lean "$NG_LEAN_PORT" <<EOF
 http {
 $(nginx_gateway_http "$dir")
     server {
@@ -385,18 +394,12 @@ $(nginx_gateway_tls "$pki" "$NG_LEAN_PORT")
             proxy_pass http://backend;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
-            proxy_set_header X-Client-Subject \$ssl_client_s_dn;
-            proxy_set_header X-Client-Issuer \$ssl_client_i_dn;
-            proxy_set_header X-Client-Serial \$ssl_client_serial;
-            proxy_set_header X-Client-Fingerprint \$ssl_client_fingerprint;
+$(nginx_identity_headers proxy_set_header)
         }
         location / { return 403; }
     }
 }
 EOF
-    } >"$dir/nginx.conf"
-    start_nginx nginx_lean
-    wait_port "$NG_LEAN_PORT"
 }
 
 start_certgate() { # name, pki dir, worker threads ("" = runtime default), [upstream url, upstream protocol]

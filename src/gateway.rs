@@ -117,6 +117,16 @@ impl Gateway {
         let (prefix, counter) = id.split_at_mut(16);
         hex::encode_to_slice(self.request_id_prefix.to_be_bytes(), prefix).expect("16 digits fit");
         hex::encode_to_slice(n.to_be_bytes(), counter).expect("16 digits fit");
-        HeaderValue::from_bytes(&id).expect("hex is a valid header value")
+        let mut id = HeaderValue::from_bytes(&id).expect("hex is a valid header value");
+        mark_unique(&mut id);
+        id
     }
+}
+
+/// Marks a value that no other request repeats (a request id) as never to
+/// be indexed by HPACK: added to the HTTP/2 header table it would only
+/// evict the entries that do repeat (identity headers, content types), and
+/// the table search and insertion cost more than the literal.
+pub fn mark_unique(value: &mut HeaderValue) {
+    value.set_sensitive(true);
 }

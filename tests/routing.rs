@@ -28,13 +28,17 @@ fn wait_generation(gw: &Gateway, generation: u64) {
     );
 }
 
+/// A GET of `path`, to `host` when given.
+async fn get(conn: &mut Conn, path: &str, host: Option<&str>) -> Reply {
+    let headers: Vec<(&str, &str)> = host.map(|h| (":authority", h)).into_iter().collect();
+    conn.request(http::Method::GET, path, &headers, bytes::Bytes::new())
+        .await
+        .expect("request")
+}
+
 /// Which upstream answered, or the gateway's error.
 async fn who(conn: &mut Conn, path: &str, host: Option<&str>) -> String {
-    let headers: Vec<(&str, &str)> = host.map(|h| (":authority", h)).into_iter().collect();
-    let reply = conn
-        .request(http::Method::GET, path, &headers, bytes::Bytes::new())
-        .await
-        .expect("request");
+    let reply = get(conn, path, host).await;
     match reply.headers.get("x-upstream") {
         Some(name) => name.to_str().unwrap().to_owned(),
         None => format!("{} {}", reply.status, String::from_utf8_lossy(&reply.body)),
@@ -43,11 +47,7 @@ async fn who(conn: &mut Conn, path: &str, host: Option<&str>) -> String {
 
 /// The HTTP version the upstream received the request in.
 async fn upstream_version(conn: &mut Conn, path: &str, host: Option<&str>) -> String {
-    let headers: Vec<(&str, &str)> = host.map(|h| (":authority", h)).into_iter().collect();
-    let reply = conn
-        .request(http::Method::GET, path, &headers, bytes::Bytes::new())
-        .await
-        .expect("request");
+    let reply = get(conn, path, host).await;
     assert_eq!(reply.status, 200, "{path}: {:?}", reply.body);
     reply.headers["x-upstream-version"]
         .to_str()

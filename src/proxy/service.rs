@@ -46,7 +46,11 @@ pub async fn handle(
 ) -> Result<Response<ProxyBody>, Infallible> {
     let started = Instant::now();
     let request_id = match req.headers().get(&X_REQUEST_ID) {
-        Some(v) if headers::sane_request_id(v) => v.clone(),
+        Some(v) if headers::sane_request_id(v) => {
+            let mut id = v.clone();
+            crate::gateway::mark_unique(&mut id);
+            id
+        }
         _ => gw.next_request_id(),
     };
     let method = req.method().clone();
