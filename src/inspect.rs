@@ -50,9 +50,10 @@ impl Checked {
 /// stand-ins), so that a wrong key does not hide a missing file.
 ///
 /// # Errors
-/// Every problem with the settings and the files. What stops the config
-/// from being read at all (unreadable, TOML syntax, an unknown key, a value
-/// of the wrong type) is reported alone.
+/// Every problem with the settings and the files, every unknown key among
+/// them. What stops the config from being read at all (unreadable, TOML
+/// syntax, a value of the wrong type) is reported with the unknown keys
+/// found before it.
 pub fn check(path: &Path) -> Result<Checked, LoadFailure> {
     crate::tls::install_provider();
     let (config, settings) = Config::load_with_problems(path)?;

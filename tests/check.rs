@@ -86,6 +86,26 @@ fn check_reports_five_problems_of_different_kinds_in_one_pass() {
     assert_eq!(problems.len(), 5, "one line per problem:\n{}", run.stderr);
 }
 
+/// Unknown keys used to end the reading at the first: now each is named
+/// (with its line) and the files are still checked.
+#[test]
+fn every_unknown_key_is_reported_and_the_files_are_still_checked() {
+    let mut setup = setup();
+    setup.listener = Some("[listener]\naddress = \"127.0.0.1:0\"\nidle_timout = \"30s\"\n".into());
+    setup.extra = "[upstreams_typo]\nurl = \"http://127.0.0.1:9\"\n".into();
+    std::fs::remove_file(setup.path().join("server.key")).unwrap();
+    let run = check(&setup.write_config(), false);
+    assert_eq!(run.code, 2, "{run:?}");
+    for needle in [
+        "unknown field `idle_timout`",
+        "unknown field `upstreams_typo`",
+        "server.key",
+    ] {
+        assert!(run.stderr.contains(needle), "{needle} in:\n{}", run.stderr);
+    }
+    assert!(run.stderr.contains("line 3"), "{}", run.stderr);
+}
+
 #[test]
 fn a_settings_problem_that_stands_in_for_a_file_is_reported_once() {
     let setup = setup();

@@ -5,6 +5,7 @@
 //! reload re-reads them all together.
 
 mod raw;
+mod unknown_keys;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -399,7 +400,7 @@ impl Config {
     ///
     /// # Errors
     /// Only what stops the reading itself: an unreadable file, TOML syntax,
-    /// unknown keys, a value of the wrong type.
+    /// a value of the wrong type. Unknown keys are problems, all of them.
     pub fn load_with_problems(path: &Path) -> Result<(Config, Vec<Problem>), ConfigError> {
         let text = read_config(path)?;
         Self::from_toml_with_problems(path, &text, std::env::vars())
@@ -411,8 +412,10 @@ impl Config {
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<(Config, Vec<Problem>), ConfigError> {
         let path = absolute(path);
-        let raw = parse_with_overrides(&path, text, env)?;
-        Ok(validate(&path, raw))
+        let (raw, mut problems) = parse_with_overrides(&path, text, env)?;
+        let (config, invalid) = validate(&path, raw);
+        problems.extend(invalid);
+        Ok((config, problems))
     }
 
     /// Every file this configuration names, config file first: what reload watches.
@@ -474,11 +477,14 @@ fn absolute(path: &Path) -> PathBuf {
 /// Applies `CERTGATE_<SECTION>__<KEY>=value` overrides onto the parsed
 /// document. A value is read as a TOML value when it parses as one
 /// (`true`, `10000`, `["a", "b"]`), else as a plain string.
+///
+/// Unknown keys are problems, all of them, and the rest is still read (see
+/// `unknown_keys`); any other TOML error ends the reading.
 fn parse_with_overrides(
     path: &Path,
     text: &str,
     env: impl IntoIterator<Item = (String, String)>,
-) -> Result<RawConfig, ConfigError> {
+) -> Result<(RawConfig, Vec<Problem>), ConfigError> {
     let overrides: Vec<(String, String, String)> = env
         .into_iter()
         .filter_map(|(k, v)| {
@@ -490,7 +496,7 @@ fn parse_with_overrides(
     let syntax = |e: toml::de::Error| ConfigError::single(path, "toml", e.to_string());
     if overrides.is_empty() {
         // Parse the original text so errors carry the operator's line numbers.
-        return toml::from_str(text).map_err(syntax);
+        return parse_raw(path, text, "toml");
     }
     let mut doc: toml::Table = toml::from_str(text).map_err(syntax)?;
     for (section, key, value) in overrides {
@@ -513,8 +519,27 @@ fn parse_with_overrides(
     }
     let merged =
         toml::to_string(&doc).map_err(|e| ConfigError::single(path, "env", e.to_string()))?;
-    toml::from_str(&merged)
-        .map_err(|e| ConfigError::single(path, "toml (after environment overrides)", e.to_string()))
+    parse_raw(path, &merged, "toml (after environment overrides)")
+}
+
+/// `text` as the raw config, every unknown key a problem at `at`.
+fn parse_raw(path: &Path, text: &str, at: &str) -> Result<(RawConfig, Vec<Problem>), ConfigError> {
+    let (raw, unknown) = unknown_keys::parse_skipping_unknown::<RawConfig>(text);
+    let problem = |e: toml::de::Error| Problem {
+        at: at.to_owned(),
+        reason: e.to_string(),
+    };
+    let mut problems: Vec<Problem> = unknown.into_iter().map(problem).collect();
+    match raw {
+        Ok(raw) => Ok((raw, problems)),
+        Err(e) => {
+            problems.push(problem(e));
+            Err(ConfigError {
+                file: path.to_path_buf(),
+                problems,
+            })
+        }
+    }
 }
 
 fn env_value(value: &str) -> toml::Value {
