@@ -30,6 +30,8 @@ Environment:
     info,certgate::access=off.
   CERTGATE_<SECTION>__<KEY> overrides one config key, for example
     CERTGATE_LISTENER__ADDRESS=0.0.0.0:443.
+  TOKIO_WORKER_THREADS sets the worker threads of run (default: one per
+    core); 1 runs everything on one thread.
 
 Files:
   /etc/certgate/certgate.toml: the config file when neither -c nor

@@ -44,9 +44,7 @@ path = "{ECHO}"
 roles = ["ROLE_GRPC"]
 "#
         );
-        setup
-            .env
-            .push(("CERTGATE_UPSTREAM__PROTOCOL".into(), protocol.into()));
+        setup.upstream_protocol(protocol);
         write(setup.path(), "server-ca.pem", &setup.server_ca.pem);
         Some(Grpc { python, setup })
     }
@@ -430,9 +428,7 @@ async fn http1_and_http2_clients_reach_either_kind_of_upstream_with_their_host()
     for protocol in ["http1", "http2"] {
         let mut setup = Setup::new(echo_upstream().await);
         setup.extra = "[authorization]\ndefault = \"authenticated\"\n".into();
-        setup
-            .env
-            .push(("CERTGATE_UPSTREAM__PROTOCOL".into(), protocol.into()));
+        setup.upstream_protocol(protocol);
         let gw = setup.start();
         let leaf = setup.ca.issue(&LeafSpec::client("alice"));
         let expected_version = if protocol == "http2" {

@@ -54,14 +54,7 @@ async fn text_logs_parse_as_logfmt() {
         ou: vec!["payments".into()],
         ..LeafSpec::client("revoked one")
     });
-    write(
-        setup.path(),
-        "client-ca.crl.pem",
-        &setup.ca.crl(&[&revoked]),
-    );
-    setup.client_auth = Some(
-        "[client_auth]\ntrusted_cas = [\"client-ca.pem\"]\ncrls = [\"client-ca.crl.pem\"]\n".into(),
-    );
+    setup.revoke(&[&revoked]);
     setup.extra =
         "[authorization]\ndefault = \"authenticated\"\n\n[log]\nformat = \"text\"\n".into();
     let gw = setup.start();

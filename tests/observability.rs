@@ -94,16 +94,9 @@ fn start_fixture(upstream: SocketAddr) -> Fixture {
     // TestCa::crl: nextUpdate = now - 1h + 7d, encoded in whole seconds.
     let offset = (time::Duration::days(7) - time::Duration::hours(1)).whole_seconds();
     let before = OffsetDateTime::now_utc().unix_timestamp() + offset;
-    write(
-        setup.path(),
-        "client-ca.crl.pem",
-        &setup.ca.crl(&[&revoked]),
-    );
+    setup.revoke(&[&revoked]);
     let after = OffsetDateTime::now_utc().unix_timestamp() + offset;
 
-    setup.client_auth = Some(
-        "[client_auth]\ntrusted_cas = [\"client-ca.pem\"]\ncrls = [\"client-ca.crl.pem\"]\n".into(),
-    );
     setup.extra = ROLES_AND_RULES.into();
     setup.env.push(("CERTGATE_LOG".into(), "debug".into()));
     let gw = setup.start();

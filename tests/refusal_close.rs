@@ -109,14 +109,7 @@ async fn refusals() -> Refusals {
     let mut setup = Setup::new(echo_upstream().await);
     let now = OffsetDateTime::now_utc();
     let revoked = setup.ca.issue(&LeafSpec::client("revoked-client"));
-    write(
-        setup.path(),
-        "client-ca.crl.pem",
-        &setup.ca.crl(&[&revoked]),
-    );
-    setup.client_auth = Some(
-        "[client_auth]\ntrusted_cas = [\"client-ca.pem\"]\ncrls = [\"client-ca.crl.pem\"]\n".into(),
-    );
+    setup.revoke(&[&revoked]);
     let expired = setup.ca.issue(&LeafSpec {
         not_before: now - time::Duration::days(10),
         not_after: now - time::Duration::days(1),

@@ -163,9 +163,7 @@ async fn exchange(setup: &Setup, gw: &Gateway, leaf: &Leaf, proto: Proto, te: bo
 async fn gateway(protocol: &str) -> (Setup, Gateway, Leaf) {
     let mut setup = Setup::new(trailer_upstream().await);
     setup.extra = "[authorization]\ndefault = \"authenticated\"\n".into();
-    setup
-        .env
-        .push(("CERTGATE_UPSTREAM__PROTOCOL".into(), protocol.into()));
+    setup.upstream_protocol(protocol);
     let gw = setup.start();
     let leaf = setup.ca.issue(&LeafSpec::client("alice"));
     (setup, gw, leaf)
@@ -249,9 +247,7 @@ async fn te_reaches_the_upstream_as_trailers_only() {
     for protocol in ["http1", "http2"] {
         let mut setup = Setup::new(echo_upstream().await);
         setup.extra = "[authorization]\ndefault = \"authenticated\"\n".into();
-        setup
-            .env
-            .push(("CERTGATE_UPSTREAM__PROTOCOL".into(), protocol.into()));
+        setup.upstream_protocol(protocol);
         let gw = setup.start();
         let client = setup.client(&setup.ca.issue(&LeafSpec::client("alice")));
         // (what the client sends, what the upstream gets)

@@ -136,9 +136,7 @@ impl Upstream {
         &self,
         req: Request<RequestBody>,
     ) -> Result<Response<Incoming>, UpstreamError> {
-        tokio::time::timeout(self.timeout, self.exchange(req, Want::Configured))
-            .await
-            .unwrap_or(Err(UpstreamError::Timeout))
+        self.timed_exchange(req, Want::Configured).await
     }
 
     /// Sends an `Upgrade` request (WebSocket) on a new HTTP/1.1 connection
@@ -147,7 +145,16 @@ impl Upstream {
         &self,
         req: Request<RequestBody>,
     ) -> Result<Response<Incoming>, UpstreamError> {
-        tokio::time::timeout(self.timeout, self.exchange(req, Want::Http1))
+        self.timed_exchange(req, Want::Http1).await
+    }
+
+    /// [`Upstream::exchange`] within `upstream.timeout`.
+    async fn timed_exchange(
+        &self,
+        req: Request<RequestBody>,
+        want: Want,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        tokio::time::timeout(self.timeout, self.exchange(req, want))
             .await
             .unwrap_or(Err(UpstreamError::Timeout))
     }

@@ -59,6 +59,22 @@ impl Setup {
         self.dir.path()
     }
 
+    /// `upstream.protocol`, set through its environment override.
+    pub fn upstream_protocol(&mut self, protocol: &str) {
+        self.env
+            .push(("CERTGATE_UPSTREAM__PROTOCOL".into(), protocol.into()));
+    }
+
+    /// Revokes `leaves`: writes the client CA's CRL listing them and makes
+    /// `[client_auth]` check it.
+    pub fn revoke(&mut self, leaves: &[&Leaf]) {
+        write(self.path(), "client-ca.crl.pem", &self.ca.crl(leaves));
+        self.client_auth = Some(
+            "[client_auth]\ntrusted_cas = [\"client-ca.pem\"]\ncrls = [\"client-ca.crl.pem\"]\n"
+                .into(),
+        );
+    }
+
     pub fn config_text(&self) -> String {
         let listener = self
             .listener
