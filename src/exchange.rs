@@ -14,7 +14,7 @@
 //! instead, so a slow upstream is reported as one (504), not as a stall.
 //!
 //! Who ends it (the proxy): on HTTP/1.1 the connection loop closes the
-//! connection; on HTTP/2 the stream's own task resets the stream. Either
+//! connection; on HTTP/2 the connection's task resets the stream. Either
 //! way the upstream side is dropped with it, so a half-read upstream
 //! connection never goes back to the pool.
 //!

@@ -395,6 +395,42 @@ async fn idle_tunnels_close_after_idle_timeout_and_busy_ones_stay() {
     wait_tunnels(&gw, 0.0, "after all three ended");
 }
 
+/// An HTTP/2 tunnel is a stream that outlives its request: its traffic,
+/// not `stream_idle_timeout`, keeps it open (the tunnel's own clock is
+/// `idle_timeout`).
+#[tokio::test(flavor = "multi_thread")]
+async fn busy_http2_tunnel_outlives_stream_idle_timeout() {
+    let Some(mut ws) = Ws::new() else { return };
+    ws.setup.listener = Some(
+        "[listener]\naddress = \"127.0.0.1:0\"\nstream_idle_timeout = \"1s\"\nidle_timeout = \"20s\"\n"
+            .into(),
+    );
+    let leaf = ws.leaf("ws-alice");
+    let gw = ws.setup.start();
+    let (_, socket) = h2_websocket(&ws.setup, &gw, &leaf, "/ws/long-h2").await;
+    let mut socket = socket.expect("HTTP/2 tunnel");
+    assert!(next_message(&mut socket).await.is_text(), "the report");
+
+    // A message every 200 ms for 3 s, three times stream_idle_timeout.
+    let started = Instant::now();
+    let mut n = 0;
+    while started.elapsed() < Duration::from_secs(3) {
+        let text = format!("message {n}");
+        socket.send(Message::text(text.clone())).await.unwrap();
+        assert_eq!(
+            next_message(&mut socket).await,
+            Message::text(text),
+            "after {:?}; logs:\n{}",
+            started.elapsed(),
+            gw.logs()
+        );
+        n += 1;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(gw.metric("certgate_stream_idle_timeouts_total"), 0.0);
+    wait_tunnels(&gw, 1.0, "the busy HTTP/2 tunnel");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn crl_reload_closes_the_revoked_clients_tunnels_only() {
     let Some(mut ws) = Ws::new() else { return };

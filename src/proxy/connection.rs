@@ -47,7 +47,7 @@ use tokio_rustls::server::TlsStream;
 use super::activity::{Activity, Expiry, Tracked, CLOSE_GRACE};
 use super::client::ClientConnection;
 use super::signal::Gate;
-use super::streams::{current_stream, stream_stalled, StreamExecutor};
+use super::streams::{current_stream, stream_stalled, StreamExecutor, WithStreams};
 use super::tunnel::{Handoff, TunnelLimits};
 use super::{service, ProxyBody};
 use crate::config::ListenerConfig;
@@ -129,10 +129,10 @@ pub(super) async fn serve(
     if http2 {
         // Boxed: hyper's HTTP/2 connection state is laid out inline in this
         // future; an HTTP/1 connection task should not carry its size.
-        // The service future boxed: a stream's task holds it inline, and
-        // hyper's executor moved its kilobytes twice per request, which
-        // cost more than the allocation (callgrind). An HTTP/1 connection
-        // keeps it in a slot that hyper already boxed.
+        // The service future boxed: a stream holds it inline, and hyper
+        // moves a stream twice before it runs, which cost more than the
+        // allocation (callgrind). An HTTP/1 connection keeps it in a slot
+        // that hyper already boxed.
         let service = service_fn(move |req| Box::pin(respond_to(req)));
         Box::pin(conn.serve_http2(tls, service, ends)).await;
     } else {
@@ -151,8 +151,7 @@ async fn respond(
     tunnel_limits: TunnelLimits,
 ) -> Result<http::Response<Tracked<ProxyBody>>, Infallible> {
     let http2 = !activity.tracks_heads();
-    // On HTTP/2 this runs in the stream's own task, under the stream's
-    // stall clock.
+    // On HTTP/2 this runs under the stream's stall clock.
     let progress = match http2 {
         true => current_stream().unwrap_or_else(|| {
             debug_assert!(false, "HTTP/2 streams run under StreamExecutor");
@@ -299,14 +298,21 @@ impl Conn<'_> {
             read_ahead: Bytes::new(),
             activity: self.activity.clone(),
         });
-        let executor = StreamExecutor {
-            idle: self.limits.stream_idle_timeout,
-            peer: self.peer,
-            metrics: self.gw.metrics.clone(),
-        };
-        let conn = http2_builder(self.limits, executor).serve_connection(io, service);
-        tokio::pin!(conn);
-        self.drive(conn, |c| c.graceful_shutdown(), &mut ends).await;
+        let executor = StreamExecutor::default();
+        let conn = http2_builder(self.limits, executor.clone()).serve_connection(io, service);
+        let mut conn = WithStreams::new(
+            conn,
+            &executor,
+            self.limits.stream_idle_timeout,
+            self.peer,
+            self.gw.metrics.clone(),
+        );
+        self.drive(
+            Pin::new(&mut conn),
+            |mut c| c.conn().graceful_shutdown(),
+            &mut ends,
+        )
+        .await;
     }
 
     /// An HTTP/1 connection between requests, holding nothing but its TLS

@@ -309,7 +309,7 @@ async fn retry_http1(
 /// A new connection to `endpoint`, counted in its health.
 async fn connect(endpoint: &Endpoint, want: Want) -> Result<Connected, UpstreamError> {
     // Boxed: the TCP, TLS and HTTP handshakes' state is large, and inline it
-    // would be part of every request's future, which an HTTP/2 stream's task
+    // would be part of every request's future, which an HTTP/2 stream
     // moves (memcpy) on every request, connecting or not.
     match Box::pin(endpoint.connector.connect(want)).await {
         Ok(connected) => {
