@@ -227,6 +227,13 @@ enum Served {
     BetweenRequests,
 }
 
+/// How one poll of hyper and the activity in [`Conn::drive`] ended.
+enum Turn {
+    Served(Served),
+    /// The activity changed: its deadlines are to be computed again.
+    Changed,
+}
+
 impl Conn<'_> {
     async fn serve_http1<S, D, R>(mut self, mut tls: Tls, service: S, mut ends: Ends<'_, D, R>)
     where
@@ -376,11 +383,17 @@ impl Conn<'_> {
         R: Future<Output = &'static str>,
     {
         let (activity, limits, peer) = (self.activity.clone(), self.limits, self.peer);
+        // Whether the last turn only re-timed the connection after hyper
+        // had returned Pending in it. hyper is not polled again then: its
+        // wakers are registered, and a wake during this poll has the task
+        // polled again.
+        let mut retimed_only = false;
         loop {
             if self.closing_since.is_none() && activity.close_requested() {
                 tracing::debug!(%peer, "closing the connection after a response that ends it");
                 self.closing_since = Some(Instant::now());
                 graceful_shutdown(conn.as_mut());
+                retimed_only = false;
             }
             let closing = self.closing_since.is_some();
             let snapshot = activity.snapshot();
@@ -397,22 +410,35 @@ impl Conn<'_> {
                 self.timer.as_mut().reset(at.into());
                 self.timer_at = Some(at);
             }
-            let served = poll_fn(|cx| match conn.as_mut().poll(cx) {
-                Poll::Ready(result) => {
-                    if let Err(e) = result {
-                        tracing::debug!(%peer, error = %e, "connection ended with an error");
+            let mut skip_hyper = std::mem::take(&mut retimed_only);
+            let turn = poll_fn(|cx| {
+                if !std::mem::take(&mut skip_hyper) {
+                    // The service and the bodies run inside hyper's poll and
+                    // change the activity there: they need not wake this
+                    // task, which looks at the activity right after.
+                    activity.changed.mute();
+                    match conn.as_mut().poll(cx) {
+                        Poll::Ready(result) => {
+                            if let Err(e) = result {
+                                tracing::debug!(%peer, error = %e, "connection ended with an error");
+                            }
+                            return Poll::Ready(Turn::Served(Served::Ended));
+                        }
+                        // Checked right after hyper returned: it is waiting
+                        // for the client and for nothing else.
+                        Poll::Pending if !closing && activity.between_requests(Instant::now()) => {
+                            return Poll::Ready(Turn::Served(Served::BetweenRequests));
+                        }
+                        Poll::Pending => {}
                     }
-                    Poll::Ready(Served::Ended)
                 }
-                // Checked right after hyper returned: it is waiting for
-                // the client and for nothing else.
-                Poll::Pending if !closing && activity.between_requests(Instant::now()) => {
-                    Poll::Ready(Served::BetweenRequests)
-                }
-                Poll::Pending => Poll::Pending,
+                activity.changed.poll_raised(cx).map(|()| Turn::Changed)
             });
             tokio::select! {
-                served = served => return served,
+                turn = turn => match turn {
+                    Turn::Served(served) => return served,
+                    Turn::Changed => retimed_only = true,
+                },
                 _ = ends.drained.as_mut(), if !closing => {
                     self.closing_since = Some(Instant::now());
                     graceful_shutdown(conn.as_mut());
@@ -422,7 +448,6 @@ impl Conn<'_> {
                     self.refused(reason);
                     return Served::Ended;
                 }
-                () = activity.changed.raised() => {}
                 () = self.timer.as_mut(), if self.timer_at.is_some() => {
                     self.timer_at = None;
                     let now = Instant::now();

@@ -31,6 +31,13 @@ impl Signal {
         self.waker.wake();
     }
 
+    /// Until the next [`Signal::poll_raised`], a raise only sets the flag:
+    /// for raises from inside the waiting task's own poll, which checks the
+    /// flag after.
+    pub(super) fn mute(&self) {
+        drop(self.waker.take());
+    }
+
     /// Ready once after each raise.
     pub(super) fn poll_raised(&self, cx: &mut Context<'_>) -> Poll<()> {
         if self.raised.swap(false, Ordering::AcqRel) {
@@ -42,11 +49,6 @@ impl Signal {
             true => Poll::Ready(()),
             false => Poll::Pending,
         }
-    }
-
-    /// Completes at the next raise.
-    pub(super) fn raised(&self) -> impl Future<Output = ()> + '_ {
-        std::future::poll_fn(|cx| self.poll_raised(cx))
     }
 }
 
@@ -152,5 +154,24 @@ mod tests {
         signal.raise();
         assert!(signal.poll_raised(&mut cx).is_ready());
         assert!(signal.poll_raised(&mut cx).is_pending());
+    }
+
+    #[test]
+    fn a_muted_raise_wakes_nobody_and_is_seen_by_the_next_poll() {
+        let signal = Signal::default();
+        let task = Arc::new(Signal::default());
+        let task_waker = Waker::from(task.clone());
+        let mut cx = Context::from_waker(&task_waker);
+        assert!(signal.poll_raised(&mut cx).is_pending());
+
+        signal.mute();
+        signal.raise();
+        assert!(!task.raised.load(Ordering::SeqCst), "muted: no wake-up");
+        assert!(signal.poll_raised(&mut cx).is_ready());
+
+        // A pending poll registers the task again: the next raise wakes it.
+        assert!(signal.poll_raised(&mut cx).is_pending());
+        signal.raise();
+        assert!(task.raised.load(Ordering::SeqCst));
     }
 }
