@@ -120,6 +120,9 @@ pub(super) struct WithStreams<C> {
     conn: Pin<Box<C>>,
     queue: Queue,
     running: FuturesUnordered<Task>,
+    /// The queue's contents while they are moved to `running`, kept so
+    /// that the queue's buffer is reused rather than made per stream.
+    starting: Vec<Task>,
     idle: Duration,
     peer: SocketAddr,
     metrics: Arc<Metrics>,
@@ -143,6 +146,7 @@ impl<C> WithStreams<C> {
             conn: Box::pin(conn),
             queue: executor.queue.clone(),
             running: FuturesUnordered::new(),
+            starting: Vec::new(),
             idle,
             peer,
             metrics,
@@ -162,14 +166,14 @@ impl<C> WithStreams<C> {
 
     /// Moves what hyper spawned into `running`; false when there was none.
     fn start_spawned(&mut self) -> bool {
-        let spawned = std::mem::take(&mut *lock(&self.queue));
-        if spawned.is_empty() {
+        std::mem::swap(&mut *lock(&self.queue), &mut self.starting);
+        if self.starting.is_empty() {
             return false;
         }
-        if !self.sweep_armed && spawned.iter().any(|t| t.progress.is_some()) {
+        if !self.sweep_armed && self.starting.iter().any(|t| t.progress.is_some()) {
             self.arm_sweep(Instant::now() + self.idle);
         }
-        for task in spawned {
+        for task in self.starting.drain(..) {
             self.running.push(task);
         }
         true
